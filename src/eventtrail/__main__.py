@@ -1,0 +1,3 @@
+from eventtrail.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""The gateway's events: one upstream call as a request event, then a response
+or an error event.
+
+This is the vocabulary shared by everything that produces calls (the gateway,
+the ASGI middleware, the httpx hook, the demo) and everything that reads them
+(flows, the waterfall, service health). Every event of one call carries the
+same ``callId``, so a request that calls one service twice stays readable.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from eventtrail.event import Event
+from eventtrail.ids import uuid7_str
+from eventtrail.store import format_moment
+
+__all__ = [
+    "ERROR",
+    "GATEWAY",
+    "REQUEST",
+    "RESPONSE",
+    "call_error",
+    "call_request",
+    "call_response",
+    "service_of",
+]
+
+REQUEST = "MICROSERVICE_REQUEST"
+RESPONSE = "MICROSERVICE_RESPONSE"
+ERROR = "MICROSERVICE_ERROR"
+GATEWAY = "Gateway"
+
+#: The kinds of ``MICROSERVICE_ERROR``.
+ERROR_KINDS = ("timeout", "refused", "reset", "error")
+
+
+def _now() -> str:
+    return format_moment(datetime.now(UTC))
+
+
+def _event(type_: str, request_id: str, data: dict[str, Any], source: str, timestamp: str | None) -> Event:
+    return Event(
+        id=uuid7_str(),
+        request_id=request_id,
+        timestamp=timestamp or _now(),
+        type=type_,
+        source=source,
+        data=data,
+    )
+
+
+def call_request(
+    request_id: str,
+    call_id: str,
+    service: str,
+    method: str,
+    path: str,
+    *,
+    source: str = GATEWAY,
+    timestamp: str | None = None,
+    **extra: Any,
+) -> Event:
+    """Before the call. ``Name`` keeps the reference article's field."""
+    data = {"Name": service, "callId": call_id, "method": method, "path": path, **extra}
+    return _event(REQUEST, request_id, data, source, timestamp)
+
+
+def call_response(
+    request_id: str,
+    call_id: str,
+    service: str,
+    *,
+    status: int,
+    latency_ms: float,
+    bytes_in: int,
+    bytes_out: int,
+    source: str = GATEWAY,
+    timestamp: str | None = None,
+    **extra: Any,
+) -> Event:
+    """After the call returned a response (of any status)."""
+    data = {
+        "Name": service,
+        "callId": call_id,
+        "status": status,
+        "latencyMs": round(latency_ms, 3),
+        "bytesIn": bytes_in,
+        "bytesOut": bytes_out,
+        **extra,
+    }
+    return _event(RESPONSE, request_id, data, source, timestamp)
+
+
+def call_error(
+    request_id: str,
+    call_id: str,
+    service: str,
+    *,
+    error: str,
+    elapsed_ms: float,
+    detail: str = "",
+    source: str = GATEWAY,
+    timestamp: str | None = None,
+    **extra: Any,
+) -> Event:
+    """The call failed without a response: ``error`` is one of ERROR_KINDS."""
+    data = {
+        "Name": service,
+        "callId": call_id,
+        "error": error,
+        "elapsedMs": round(elapsed_ms, 3),
+        **extra,
+    }
+    if detail:
+        data["detail"] = detail
+    return _event(ERROR, request_id, data, source, timestamp)
+
+
+def service_of(event: Event) -> str | None:
+    """The service a call event is about (``Name``, as in the article)."""
+    name = event.data.get("Name")
+    return name if isinstance(name, str) else None

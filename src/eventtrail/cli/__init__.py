@@ -1,0 +1,53 @@
+"""The ``eventtrail`` command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from eventtrail.cli import dlq
+from eventtrail.cli.common import UsageError, fail
+from eventtrail.cli.demo import demo
+from eventtrail.cli.events import events, flow, send
+from eventtrail.cli.worker import purge, status, worker
+from eventtrail.config import ConfigError
+from eventtrail.queue import QueueError
+from eventtrail.store import InvalidCursor, StoreError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="eventtrail",
+    help="Record every call an API gateway makes as an immutable event, and see each request's whole flow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command()(send)
+app.command()(flow)
+app.command()(events)
+app.command()(worker)
+app.command()(status)
+app.command()(purge)
+app.command()(demo)
+app.add_typer(dlq.app, name="dlq")
+
+
+def main() -> None:
+    """Run the CLI; known failures are one line on stderr, never a traceback."""
+    try:
+        app(prog_name="eventtrail")
+    except (UsageError, ConfigError, InvalidCursor) as error:
+        _exit_with(str(error), code=2)
+    except (QueueError, StoreError) as error:
+        _exit_with(str(error), code=1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _exit_with(message: str, *, code: int) -> None:
+    try:
+        fail(message, code)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)

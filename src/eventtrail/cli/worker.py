@@ -1,0 +1,150 @@
+"""``worker``, ``status`` and ``purge``: running the consumer and keeping the
+store tidy."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from eventtrail.cli.common import (
+    Backend,
+    ConfigFile,
+    DataDir,
+    UsageError,
+    console,
+    err_console,
+    settings_from,
+)
+from eventtrail.config import open_queue, open_store
+from eventtrail.consumer import Consumer
+from eventtrail.times import parse_duration
+from eventtrail.worker import Worker
+
+__all__ = ["purge", "status", "worker"]
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop now
+        logging.getLogger("eventtrail.worker").info(
+            "%s received: finishing the current batch", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def worker(
+    drain: Annotated[
+        bool, typer.Option("--drain", help="Stop (exit 0) once the queue has nothing left to process.")
+    ] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=10_000,
+            help="Messages per batch. [env: EVENTTRAIL_BATCH_SIZE; default: 500]",
+            show_default=False,
+        ),
+    ] = None,
+    visibility_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1, help="Seconds a batch stays hidden from other workers. [default: 30]", show_default=False
+        ),
+    ] = None,
+    max_receives: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Receives before a failing message is dead-lettered. [default: 5]", show_default=False
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log only problems.")] = False,
+    backend: Backend = None,
+    data_dir: DataDir = None,
+    config_file: ConfigFile = None,
+) -> None:
+    """Consume the queue: store each batch, dead-letter what can never be stored.
+
+    Stops cleanly on Ctrl-C or SIGTERM after finishing its current batch; a
+    second signal stops at once (unfinished messages come back after their
+    visibility timeout, nothing is lost).
+    """
+    settings = settings_from(
+        backend,
+        data_dir,
+        config_file,
+        batch_size=batch_size,
+        visibility_timeout=visibility_timeout,
+        max_receives=max_receives,
+    )
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    with open_queue(settings) as queue, open_store(settings) as store:
+        consumer = Consumer(store, max_body_bytes=settings.max_body_bytes)
+        run = Worker(
+            queue, consumer, batch_size=settings.batch_size, visibility_timeout=settings.visibility_timeout
+        )
+        logging.getLogger("eventtrail.worker").info(
+            "consuming %s (%s backend)%s",
+            settings.queue_name if settings.backend == "aws" else settings.queue_path,
+            settings.backend,
+            ", until drained" if drain else "",
+        )
+        total = run.run(drain=drain, stop=stop)
+    err_console.print(
+        f"{total.received} received: {total.stored} stored, {total.retried} to retry,"
+        f" {total.dead_lettered} dead-lettered"
+    )
+
+
+def status(backend: Backend = None, data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
+    """Show how many messages wait, are in flight, or are dead letters."""
+    settings = settings_from(backend, data_dir, config_file)
+    with open_queue(settings) as queue:
+        stats = queue.stats()
+    console.print(f"backend:     {settings.backend}")
+    console.print(f"visible:     {stats.visible}")
+    console.print(f"in flight:   {stats.in_flight}")
+    console.print(f"dead letters: {stats.dead}")
+
+
+def purge(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Delete events older than this (30d, 12h...). [default: the retention_days setting]",
+            show_default=False,
+        ),
+    ] = None,
+    backend: Backend = None,
+    data_dir: DataDir = None,
+    config_file: ConfigFile = None,
+) -> None:
+    """Delete events past the retention period (run it periodically, e.g. from cron)."""
+    settings = settings_from(backend, data_dir, config_file)
+    if older_than is not None:
+        try:
+            age = parse_duration(older_than)
+        except ValueError as error:
+            raise UsageError(f"--older-than: {error}") from None
+    elif settings.retention_days is not None:
+        age = timedelta(days=settings.retention_days)
+    else:
+        raise UsageError("give --older-than or set EVENTTRAIL_RETENTION_DAYS")
+    cutoff = datetime.now(UTC) - age
+    with open_store(settings) as store:
+        removed = store.purge(cutoff)
+    err_console.print(f"purged {removed} events older than {cutoff.isoformat(timespec='seconds')}")

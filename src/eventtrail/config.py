@@ -1,0 +1,147 @@
+"""Settings, and the backend they choose.
+
+Each setting comes from, in increasing precedence: its default, the config
+file (``EVENTTRAIL_CONFIG``, else ``./eventtrail.toml`` when it exists), the
+environment (``EVENTTRAIL_<NAME>``), then command-line flags. The backend is
+chosen here, never by editing code.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from eventtrail.event import DEFAULT_MAX_BODY_BYTES
+from eventtrail.queue import Queue
+from eventtrail.store import Store
+
+__all__ = ["ConfigError", "Settings", "load_settings", "open_queue", "open_store"]
+
+DEFAULT_CONFIG_FILE = "eventtrail.toml"
+ENV_PREFIX = "EVENTTRAIL_"
+
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+_Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or has a value that cannot work."""
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Everything a command needs to find and use its backend."""
+
+    backend: Literal["local", "aws"] = "local"
+    """``local``: SQLite files in ``data_dir``; ``aws``: SQS and DynamoDB."""
+    data_dir: str = ".eventtrail"
+    """Where the embedded backend keeps ``queue.db`` and ``events.db``."""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=DEFAULT_MAX_BODY_BYTES)] = DEFAULT_MAX_BODY_BYTES
+    """Largest accepted message body (SQS's maximum is also the default)."""
+    max_receives: _Positive = 5
+    """Receives before a message that keeps failing moves to the dead letters."""
+    visibility_timeout: _Seconds = 30.0
+    """Seconds a received message stays hidden from other workers."""
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    """Messages a worker takes per receive (SQS caps one receive at 10)."""
+    retention_days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """Keep events this long (``None``: forever)."""
+    queue_name: str = "event-queue"
+    dlq_name: str = "event-queue-dlq"
+    table_name: str = "event"
+    index_shards: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    """Write shards of the DynamoDB Type and Source indexes (invariant 4)."""
+
+    @property
+    def queue_path(self) -> Path:
+        return Path(self.data_dir) / "queue.db"
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.data_dir) / "events.db"
+
+
+_FIELDS = set(Settings.__struct_fields__)
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            values = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    unknown = sorted(set(values) - _FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown setting {', '.join(unknown)} (known: {', '.join(sorted(_FIELDS))})"
+        )
+    return values
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge defaults, config file, environment and ``overrides`` (flags;
+    ``None`` values mean "not given")."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if config_file is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        config_file = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    if config_file is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        config_file = Path(DEFAULT_CONFIG_FILE)
+    if config_file is not None:
+        for name, value in _from_file(config_file).items():
+            values[name] = value
+            origin[name] = f"{config_file}: {name}"
+    for name in _FIELDS:
+        variable = ENV_PREFIX + name.upper()
+        if variable in environ:
+            values[name] = environ[variable]
+            origin[name] = variable
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+            origin[name] = "--" + name.replace("_", "-")
+    # An empty variable means "unset" for the optional settings.
+    if values.get("retention_days") == "":
+        values["retention_days"] = None
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        field = message.rpartition("$.")[2].rstrip("`") if "$." in message else ""
+        where = origin.get(field, field)
+        reason = message.split(" - at ")[0]
+        raise ConfigError(f"{where}: {reason[0].lower()}{reason[1:]}") from None
+
+
+def open_queue(settings: Settings) -> Queue:
+    """The queue of the configured backend."""
+    if settings.backend == "aws":
+        from eventtrail.aws.backend import open_sqs_queue
+
+        return open_sqs_queue(settings)
+    from eventtrail.embedded.queue import SQLiteQueue
+
+    return SQLiteQueue(settings.queue_path, max_receives=settings.max_receives)
+
+
+def open_store(settings: Settings) -> Store:
+    """The store of the configured backend."""
+    if settings.backend == "aws":
+        from eventtrail.aws.backend import open_dynamodb_store
+
+        return open_dynamodb_store(settings)
+    from eventtrail.embedded.store import SQLiteStore
+
+    return SQLiteStore(settings.store_path)

@@ -1,0 +1,174 @@
+"""The event and its wire format (v1).
+
+A message body is a JSON object with the fields of :class:`Event`, exactly the
+reference article's ``test/message.json``. Parsing validates it and normalises
+the timestamp to fixed-width UTC, so that the string order of timestamps is
+their time order on every backend.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "MAX_DATA_DEPTH",
+    "Event",
+    "InvalidEvent",
+    "encode_event",
+    "encode_events",
+    "normalise_timestamp",
+    "parse_event",
+]
+
+#: The largest message SQS accepts; the embedded queue keeps the same limit.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+#: How deep ``data`` may nest (the ``data`` object itself is level 1).
+#: DynamoDB allows 32 levels for a whole item; the item wraps ``data`` once.
+MAX_DATA_DEPTH = 31
+
+# Key fields end up in DynamoDB keys (at most 1,024 bytes for a sort key that
+# also holds the timestamp), so they are bounded well below that.
+_KeyField = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+_FIXED_WIDTH = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+
+
+class InvalidEvent(ValueError):
+    """A message body that can never become an event.
+
+    ``field`` names the offending field (``None`` when the body as a whole is
+    wrong) and ``reason`` says why, in words a person can act on.
+    """
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"field `{field}`: {reason}" if field else reason)
+
+
+def normalise_timestamp(value: str) -> str:
+    """Return ``value`` as fixed-width UTC: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    Accepts ISO 8601 with an offset or ``Z``; a timestamp without one is
+    ambiguous and rejected.
+    """
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(
+            f"{value!r} is not an ISO 8601 timestamp (e.g. 2020-05-01T20:00:00Z)",
+            "timestamp",
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidEvent(f"{value!r} has no UTC offset; add Z or +HH:MM", "timestamp")
+    if _FIXED_WIDTH.match(value):
+        return value
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def _data_depth(data: dict[str, Any]) -> int:
+    deepest = 1
+    pending: list[tuple[Any, int]] = [(v, 2) for v in data.values()]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            deepest = max(deepest, depth)
+            pending.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            deepest = max(deepest, depth)
+            pending.extend((v, depth + 1) for v in value)
+    return deepest
+
+
+class Event(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """One immutable event: something that happened to one request.
+
+    ``timestamp`` is always the normalised form (see
+    :func:`normalise_timestamp`); ``data`` keeps its JSON types.
+    """
+
+    id: _KeyField
+    request_id: _KeyField
+    timestamp: str
+    type: _KeyField
+    source: _KeyField
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.timestamp = normalise_timestamp(self.timestamp)
+        if self.data and _data_depth(self.data) > MAX_DATA_DEPTH:
+            raise InvalidEvent(f"nested deeper than {MAX_DATA_DEPTH} levels", "data")
+
+    @property
+    def moment(self) -> datetime:
+        """The timestamp as an aware UTC datetime."""
+        return datetime.fromisoformat(self.timestamp)
+
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+_AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
+
+
+def _explain(error: msgspec.ValidationError) -> InvalidEvent:
+    """Turn msgspec's message into the field and reason a user reads."""
+    text = str(error)
+    match = _AT_PATH.match(text)
+    message = match["msg"] if match else text
+    path = (match["path"] or "") if match else ""
+    field = path.lstrip(".").split(".", 1)[0].split("[", 1)[0] or None
+    if found := _MISSING.fullmatch(message):
+        return InvalidEvent("required field is missing", found["field"])
+    if found := _UNKNOWN.fullmatch(message):
+        return InvalidEvent("unknown field (wire format v1 has no such field)", found["field"])
+    if message.startswith("field `"):
+        # Raised by Event.__post_init__, already in the user's words.
+        name, _, reason = message[len("field `") :].partition("`: ")
+        return InvalidEvent(reason, name)
+    if field is None and message.startswith("Expected `object`"):
+        return InvalidEvent(f"the body is not a JSON object ({message})")
+    detail = message[0].lower() + message[1:]
+    if path and "." in path.lstrip("."):
+        detail = f"{detail} at `{path.lstrip('.')}`"
+    return InvalidEvent(detail, field)
+
+
+def parse_event(body: str | bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Event:
+    """Parse and validate one message body.
+
+    Raises :class:`InvalidEvent` saying which field is wrong and why.
+    """
+    # A str's UTF-8 size is between len() and 4 * len(); encode only when unsure.
+    size = len(body)
+    if isinstance(body, str) and size <= max_bytes < 4 * size:
+        size = len(body.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidEvent(f"the body is {size:,} bytes, over the limit of {max_bytes:,} bytes")
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as error:
+        raise _explain(error) from None
+    except msgspec.DecodeError as error:
+        raise InvalidEvent(f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidEvent("the body is nested too deeply to be an event") from None
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode ``event`` in the wire format (compact JSON, UTF-8)."""
+    return _encoder.encode(event)
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """Encode a list of events as one JSON array."""
+    return _encoder.encode(events)

@@ -1,0 +1,125 @@
+"""The queue port: what the producers, the worker and the CLI need of a queue.
+
+Adapters: :mod:`eventtrail.embedded.queue` (a SQLite file) and
+:mod:`eventtrail.aws.sqs` (Amazon SQS with its dead-letter queue). Delivery is
+at least once: a received message that is not acknowledged becomes visible
+again after its visibility timeout, and after ``max_receives`` receives it
+moves to the dead letters.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Self
+
+__all__ = ["DeadLetter", "Message", "Queue", "QueueError", "QueueStats", "UnknownDeadLetter"]
+
+
+class QueueError(Exception):
+    """The queue could not do what was asked (unreachable, misconfigured...)."""
+
+
+class UnknownDeadLetter(QueueError, LookupError):
+    """No dead letter has that id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message.
+
+    ``receipt`` identifies this one delivery: acknowledging or releasing with a
+    stale receipt (the message was redelivered meanwhile) has no effect.
+    """
+
+    id: str
+    body: str
+    receipt: str
+    receive_count: int
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that will not be delivered again until it is redriven."""
+
+    id: str
+    body: str
+    reason: str
+    receive_count: int
+    sent_at: float
+    failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Approximate counts, for progress and for ``--drain``."""
+
+    visible: int
+    in_flight: int
+    dead: int
+
+    @property
+    def pending(self) -> int:
+        """Messages still to be processed (visible, delayed or being processed)."""
+        return self.visible + self.in_flight
+
+
+class Queue(abc.ABC):
+    """A durable queue of message bodies with dead letters."""
+
+    #: How many receives before a message moves to the dead letters.
+    max_receives: int
+
+    @abc.abstractmethod
+    def send(self, bodies: Sequence[str]) -> list[str]:
+        """Enqueue ``bodies``; return their message ids in the same order."""
+
+    @abc.abstractmethod
+    def receive(
+        self, max_messages: int, *, visibility_timeout: float, wait_seconds: float = 0.0
+    ) -> list[Message]:
+        """Take up to ``max_messages`` visible messages, hiding them for
+        ``visibility_timeout`` seconds. Waits up to ``wait_seconds`` for the
+        first one (long polling)."""
+
+    @abc.abstractmethod
+    def ack(self, messages: Sequence[Message]) -> None:
+        """Delete messages that were processed."""
+
+    @abc.abstractmethod
+    def release(self, messages: Sequence[Message], *, delay: float, error: str) -> None:
+        """Make messages visible again after ``delay`` seconds, remembering
+        ``error`` as the reason if they end in the dead letters."""
+
+    @abc.abstractmethod
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Move a message to the dead letters now (it can never succeed)."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+    @abc.abstractmethod
+    def get_dead_letter(self, message_id: str) -> DeadLetter:
+        """One dead letter; raises :class:`UnknownDeadLetter`."""
+
+    @abc.abstractmethod
+    def redrive(self, message_ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to the queue (all when ``message_ids`` is
+        ``None``) with a fresh receive count; return how many moved. Raises
+        :class:`UnknownDeadLetter` naming ids that are not dead letters."""
+
+    @abc.abstractmethod
+    def stats(self) -> QueueStats:
+        """Approximate message counts."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
+        """Release connections."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

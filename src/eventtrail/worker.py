@@ -1,0 +1,128 @@
+"""The local worker: polls a queue and hands each batch to the consumer core.
+
+It does for any queue what Lambda's SQS event source mapping does for the
+Lambda handler: receive a batch, process it, delete what succeeded, dead-letter
+what never can, and let the rest come back after a delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from eventtrail.consumer import Consumer, Record, Verdict
+from eventtrail.queue import Message, Queue
+
+__all__ = ["BatchReport", "Worker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What happened to the messages of one batch (or, summed, of a run)."""
+
+    received: int = 0
+    stored: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: BatchReport) -> None:
+        self.received += other.received
+        self.stored += other.stored
+        self.retried += other.retried
+        self.dead_lettered += other.dead_lettered
+        for reason, count in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
+
+
+def retry_delay(receive_count: int, *, base: float = 1.0, cap: float = 60.0) -> float:
+    """Seconds before a failed message is tried again: doubling, capped."""
+    return float(min(cap, base * 2 ** (receive_count - 1)))
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: Queue,
+        consumer: Consumer,
+        *,
+        batch_size: int = 500,
+        visibility_timeout: float = 30.0,
+        wait_seconds: float = 1.0,
+        retry_base: float = 1.0,
+    ) -> None:
+        self.queue = queue
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.visibility_timeout = visibility_timeout
+        self.wait_seconds = wait_seconds
+        self.retry_base = retry_base
+
+    def process(self, messages: list[Message]) -> BatchReport:
+        """Process one received batch and settle every message with the queue."""
+        report = BatchReport(received=len(messages))
+        outcomes = self.consumer.process([Record(m.id, m.body) for m in messages])
+        done: list[Message] = []
+        retry: dict[tuple[float, str], list[Message]] = {}
+        for message, outcome in zip(messages, outcomes, strict=True):
+            reason = outcome.reason or ""
+            if outcome.verdict is Verdict.SUCCESS:
+                done.append(message)
+                report.stored += 1
+                continue
+            report.reasons[reason] = report.reasons.get(reason, 0) + 1
+            if outcome.verdict is Verdict.DEAD_LETTER:
+                log.warning("message %s dead-lettered: %s", message.id, reason)
+                self.queue.dead_letter(message, reason)
+                report.dead_lettered += 1
+            else:
+                delay = retry_delay(message.receive_count, base=self.retry_base)
+                retry.setdefault((delay, reason), []).append(message)
+                report.retried += 1
+        if done:
+            self.queue.ack(done)
+        for (delay, reason), failed in retry.items():
+            log.warning("%d messages to retry in %.0fs: %s", len(failed), delay, reason)
+            self.queue.release(failed, delay=delay, error=reason)
+        return report
+
+    def run(
+        self,
+        *,
+        drain: bool = False,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> BatchReport:
+        """Poll until ``stop`` is set or, with ``drain``, until the queue has
+        nothing left to process (dead letters aside). A batch in progress when
+        ``stop`` is set is finished before returning."""
+        stop = stop or threading.Event()
+        total = BatchReport()
+        while not stop.is_set():
+            messages = self.queue.receive(
+                self.batch_size,
+                visibility_timeout=self.visibility_timeout,
+                wait_seconds=0.0 if drain else self.wait_seconds,
+            )
+            if not messages:
+                if drain and self.queue.stats().pending == 0:
+                    break
+                # Nothing visible: wait for delayed or in-flight messages.
+                stop.wait(0.2 if drain else 0.0)
+                continue
+            report = self.process(messages)
+            log.info(
+                "batch of %d: %d stored, %d to retry, %d dead-lettered",
+                report.received,
+                report.stored,
+                report.retried,
+                report.dead_lettered,
+            )
+            total.add(report)
+            if on_batch:
+                on_batch(report)
+        return total
