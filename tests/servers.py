@@ -72,11 +72,24 @@ def dynalite_server(data_dir: Path | None = None) -> Iterator[Endpoint]:
     if shutil.which("node") is None:
         raise FileNotFoundError("node is not on PATH")
     port = free_port()
-    command = [str(DYNALITE), "--host", "127.0.0.1", "--port", str(port), "--createTableMs", "0",
-               "--deleteTableMs", "0", "--updateTableMs", "0"]
+    command = [
+        str(DYNALITE),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--createTableMs",
+        "0",
+        "--deleteTableMs",
+        "0",
+        "--updateTableMs",
+        "0",
+    ]
     if data_dir is not None:
         command += ["--path", str(data_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy()
+    )
     try:
         wait_for_port(port)
         yield Endpoint(f"http://127.0.0.1:{port}")

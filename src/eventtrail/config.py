@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -66,6 +66,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
 
 
 _FIELDS = set(Settings.__struct_fields__)
+_CHOICES = {
+    name: [str(choice) for choice in get_args(hint)]
+    for name, hint in get_type_hints(Settings).items()
+    if get_origin(hint) is Literal
+}
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -122,6 +127,8 @@ def load_settings(
         field = message.rpartition("$.")[2].rstrip("`") if "$." in message else ""
         where = origin.get(field, field)
         reason = message.split(" - at ")[0]
+        if field in _CHOICES:
+            reason = f"{reason}; expected one of {', '.join(_CHOICES[field])}"
         raise ConfigError(f"{where}: {reason[0].lower()}{reason[1:]}") from None
 
 
