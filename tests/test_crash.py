@@ -37,7 +37,9 @@ def stored_ids(data_dir: Path) -> list[str]:
 def in_flight_event_ids(data_dir: Path) -> set[str]:
     db = sqlite3.connect(data_dir / "queue.db")
     try:
-        rows = db.execute("SELECT body FROM messages WHERE visible_at > ?", (time.time(),))
+        rows = db.execute(
+            "SELECT body FROM messages JOIN deliveries USING (seq) WHERE visible_at > ?", (time.time(),)
+        )
         return {json.loads(body)["id"] for (body,) in rows}
     finally:
         db.close()
@@ -79,7 +81,12 @@ def test_two_workers_on_one_queue_lose_nothing(tmp_path: Path) -> None:
     ids = fill_queue(tmp_path, 10_000)
     SQLiteStore(tmp_path / "events.db").close()
     workers = [spawn(tmp_path, "worker", "--drain", "--batch-size", "100") for _ in range(2)]
-    outputs = [w.communicate(timeout=120) for w in workers]
+    try:
+        outputs = [w.communicate(timeout=120) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
     assert [w.returncode for w in workers] == [0, 0], outputs
     received = [int(err.strip().splitlines()[-1].split(" received")[0]) for _, err in outputs]
     assert all(count > 0 for count in received), "both workers must have taken part"
@@ -92,12 +99,16 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(tmp_path: Path) -> None:
     fill_queue(tmp_path, 5_000)
     SQLiteStore(tmp_path / "events.db").close()
     worker = spawn(tmp_path, "worker", "--batch-size", "500")
-    deadline = time.monotonic() + 30
-    while not stored_ids(tmp_path):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    worker.send_signal(signal.SIGTERM)
-    _, err = worker.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        while not stored_ids(tmp_path):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    finally:
+        worker.kill()
+        worker.wait()
     assert worker.returncode == 0, err
     assert "SIGTERM received: finishing the current batch" in err
     with SQLiteQueue(tmp_path / "queue.db") as queue:

@@ -46,7 +46,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     """Receives before a message that keeps failing moves to the dead letters."""
     visibility_timeout: _Seconds = 30.0
     """Seconds a received message stays hidden from other workers."""
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     """Messages a worker takes per receive (SQS caps one receive at 10)."""
     retention_days: Annotated[float, msgspec.Meta(gt=0)] | None = None
     """Keep events this long (``None``: forever)."""

@@ -14,7 +14,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from eventtrail.event import DEFAULT_MAX_BODY_BYTES, Event, InvalidEvent, parse_event
 from eventtrail.store import AppendResult, AppendStatus, Store, TransientStoreError
@@ -33,16 +34,14 @@ class Verdict(enum.StrEnum):
     """Can never be stored: move it to the dead letters with the reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(msgspec.Struct, frozen=True):
     """What the core needs of a queue message, whatever the queue."""
 
     message_id: str
     body: str
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     message_id: str
     verdict: Verdict
     reason: str | None = None

@@ -8,6 +8,7 @@ their time order on every backend.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -58,6 +59,8 @@ def normalise_timestamp(value: str) -> str:
     Accepts ISO 8601 with an offset or ``Z``; a timestamp without one is
     ambiguous and rejected.
     """
+    if _FIXED_WIDTH.match(value) and _valid_second(value[:19]):
+        return value
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -67,23 +70,29 @@ def normalise_timestamp(value: str) -> str:
         ) from None
     if moment.tzinfo is None:
         raise InvalidEvent(f"{value!r} has no UTC offset; add Z or +HH:MM", "timestamp")
-    if _FIXED_WIDTH.match(value):
-        return value
     utc = moment.astimezone(UTC).replace(tzinfo=None)
     return utc.isoformat(timespec="microseconds") + "Z"
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_second(text: str) -> bool:
+    """Whether ``YYYY-MM-DDTHH:MM:SS`` is a real moment (cached: events of
+    one second share it, and the fixed-width form is what eventtrail sends)."""
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _data_depth(data: dict[str, Any]) -> int:
     deepest = 1
-    pending: list[tuple[Any, int]] = [(v, 2) for v in data.values()]
+    pending: list[tuple[Any, int]] = [(data, 1)]
     while pending:
-        value, depth = pending.pop()
-        if isinstance(value, dict):
-            deepest = max(deepest, depth)
-            pending.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            deepest = max(deepest, depth)
-            pending.extend((v, depth + 1) for v in value)
+        container, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = container.values() if isinstance(container, dict) else container
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return deepest
 
 
@@ -103,7 +112,10 @@ class Event(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
     def __post_init__(self) -> None:
         self.timestamp = normalise_timestamp(self.timestamp)
-        if self.data and _data_depth(self.data) > MAX_DATA_DEPTH:
+
+    def check_depth(self) -> None:
+        """Raise :class:`InvalidEvent` if ``data`` nests deeper than allowed."""
+        if _data_depth(self.data) > MAX_DATA_DEPTH:
             raise InvalidEvent(f"nested deeper than {MAX_DATA_DEPTH} levels", "data")
 
     @property
@@ -155,13 +167,22 @@ def parse_event(body: str | bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -
     if size > max_bytes:
         raise InvalidEvent(f"the body is {size:,} bytes, over the limit of {max_bytes:,} bytes")
     try:
-        return _decoder.decode(body)
+        event = _decoder.decode(body)
     except msgspec.ValidationError as error:
         raise _explain(error) from None
     except msgspec.DecodeError as error:
         raise InvalidEvent(f"the body is not valid JSON: {error}") from None
     except RecursionError:
         raise InvalidEvent("the body is nested too deeply to be an event") from None
+    # Walking data costs more than decoding it; only a body with more brackets
+    # than the limit can nest deeper than it.
+    if isinstance(body, str):
+        brackets = body.count("{") + body.count("[")
+    else:
+        brackets = body.count(b"{") + body.count(b"[")
+    if brackets > MAX_DATA_DEPTH:
+        event.check_depth()
+    return event
 
 
 def encode_event(event: Event) -> bytes:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
 
+import msgspec
+
 __all__ = ["DeadLetter", "Message", "Queue", "QueueError", "QueueStats", "UnknownDeadLetter"]
 
 
@@ -25,8 +27,7 @@ class UnknownDeadLetter(QueueError, LookupError):
     """No dead letter has that id."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(msgspec.Struct, frozen=True):
     """A received message.
 
     ``receipt`` identifies this one delivery: acknowledging or releasing with a

@@ -66,8 +66,7 @@ class AppendStatus(enum.StrEnum):
     """Not stored this time (throttled, unavailable); worth retrying."""
 
 
-@dataclass(frozen=True, slots=True)
-class AppendResult:
+class AppendResult(msgspec.Struct, frozen=True):
     status: AppendStatus
     reason: str | None = None
 

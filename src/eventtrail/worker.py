@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from eventtrail.consumer import Consumer, Record, Verdict
@@ -50,7 +51,7 @@ class Worker:
         queue: Queue,
         consumer: Consumer,
         *,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         visibility_timeout: float = 30.0,
         wait_seconds: float = 1.0,
         retry_base: float = 1.0,
@@ -90,6 +91,13 @@ class Worker:
             self.queue.release(failed, delay=delay, error=reason)
         return report
 
+    def _receive(self, drain: bool) -> list[Message]:
+        return self.queue.receive(
+            self.batch_size,
+            visibility_timeout=self.visibility_timeout,
+            wait_seconds=0.0 if drain else self.wait_seconds,
+        )
+
     def run(
         self,
         *,
@@ -98,31 +106,40 @@ class Worker:
         on_batch: Callable[[BatchReport], None] | None = None,
     ) -> BatchReport:
         """Poll until ``stop`` is set or, with ``drain``, until the queue has
-        nothing left to process (dead letters aside). A batch in progress when
-        ``stop`` is set is finished before returning."""
+        nothing left to process (dead letters aside).
+
+        The next batch is received while the current one is stored (the queue
+        and the store release the GIL while they wait on I/O). When ``stop``
+        is set, the batch in progress is finished and the one received ahead
+        is released at once, so no message waits out a visibility timeout.
+        """
         stop = stop or threading.Event()
         total = BatchReport()
-        while not stop.is_set():
-            messages = self.queue.receive(
-                self.batch_size,
-                visibility_timeout=self.visibility_timeout,
-                wait_seconds=0.0 if drain else self.wait_seconds,
-            )
-            if not messages:
-                if drain and self.queue.stats().pending == 0:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventtrail-receive") as prefetch:
+            upcoming = prefetch.submit(self._receive, drain)
+            while True:
+                messages = upcoming.result()
+                if stop.is_set():
+                    if messages:
+                        self.queue.release(messages, delay=0, error="worker stopped before processing it")
                     break
-                # Nothing visible: wait for delayed or in-flight messages.
-                stop.wait(0.2 if drain else 0.0)
-                continue
-            report = self.process(messages)
-            log.info(
-                "batch of %d: %d stored, %d to retry, %d dead-lettered",
-                report.received,
-                report.stored,
-                report.retried,
-                report.dead_lettered,
-            )
-            total.add(report)
-            if on_batch:
-                on_batch(report)
+                if not messages:
+                    if drain and self.queue.stats().pending == 0:
+                        break
+                    # Nothing visible: wait for delayed or in-flight messages.
+                    stop.wait(0.2 if drain else 0.0)
+                    upcoming = prefetch.submit(self._receive, drain)
+                    continue
+                upcoming = prefetch.submit(self._receive, drain)
+                report = self.process(messages)
+                log.info(
+                    "batch of %d: %d stored, %d to retry, %d dead-lettered",
+                    report.received,
+                    report.stored,
+                    report.retried,
+                    report.dead_lettered,
+                )
+                total.add(report)
+                if on_batch:
+                    on_batch(report)
         return total

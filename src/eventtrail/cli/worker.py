@@ -51,7 +51,7 @@ def worker(
         typer.Option(
             min=1,
             max=10_000,
-            help="Messages per batch. [env: EVENTTRAIL_BATCH_SIZE; default: 500]",
+            help="Messages per batch. [env: EVENTTRAIL_BATCH_SIZE; default: 1000]",
             show_default=False,
         ),
     ] = None,

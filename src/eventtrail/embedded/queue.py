@@ -1,11 +1,16 @@
 """A durable queue in a SQLite file, with SQS's delivery semantics.
 
-A received message stays in the table, hidden until its visibility timeout
-passes; acknowledging deletes it. Every receive counts, and a message due for
-its ``max_receives + 1``-th receive moves to the dead letters with the last
-error instead. Receives happen in ``BEGIN IMMEDIATE`` transactions, so any
-number of worker processes can share one file without taking a message twice
-while it is hidden, and without losing one.
+A message body is written once, when it is sent, and deleted once, when it is
+acknowledged. What changes in between lives in narrow rows: a message that was
+never received is simply past the ``fresh`` mark; once received, its
+``deliveries`` row holds when it becomes visible again and how often it was
+received. Receiving a batch therefore writes a few bytes per message, not its
+body again. A message due for its ``max_receives + 1``-th receive moves to the
+dead letters with the last error instead.
+
+Receives happen in ``BEGIN IMMEDIATE`` transactions, so any number of worker
+processes can share one file without taking a message twice while it is
+hidden, and without losing one.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from eventtrail.embedded.sqlite import connect, write_transaction
@@ -25,11 +31,19 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     body          TEXT    NOT NULL,
-    sent_at       REAL    NOT NULL,
+    sent_at       REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq           INTEGER PRIMARY KEY,
     visible_at    REAL    NOT NULL,
-    receive_count INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL,
     last_error    TEXT
 );
+CREATE TABLE IF NOT EXISTS fresh (
+    one           INTEGER PRIMARY KEY CHECK (one = 1),
+    next_seq      INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO fresh (one, next_seq) VALUES (1, 1);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq           INTEGER PRIMARY KEY,
     body          TEXT    NOT NULL,
@@ -53,6 +67,29 @@ def _parse_receipt(receipt: str) -> tuple[int, int]:
     return int(seq), int(count)
 
 
+def _runs(receipts: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """Sorted (seq, receive count) pairs as (first, last, count) runs of
+    consecutive ids: a batch received together is usually one run, deleted
+    with one statement."""
+    runs: list[tuple[int, int, int]] = []
+    for seq, count in receipts:
+        if runs and runs[-1][1] == seq - 1 and runs[-1][2] == count:
+            runs[-1] = (runs[-1][0], seq, count)
+        else:
+            runs.append((seq, seq, count))
+    return runs
+
+
+@contextmanager
+def _durable(db: sqlite3.Connection) -> Iterator[None]:
+    """Commit with an fsync: a message the queue accepted survives a power cut."""
+    db.execute("PRAGMA synchronous = FULL")
+    try:
+        yield
+    finally:
+        db.execute("PRAGMA synchronous = NORMAL")
+
+
 def _seq(message_id: str) -> int:
     try:
         return int(message_id)
@@ -70,7 +107,10 @@ class SQLiteQueue(Queue):
         self.max_receives = max_receives
         self._lock = threading.Lock()
         try:
-            self._db = connect(self.path)
+            # Receives and acknowledgements need no fsync of their own: losing
+            # one to a power cut only delivers a message again, which the store
+            # absorbs. Sends are made durable before they return (see send).
+            self._db = connect(self.path, synchronous="NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as error:
             raise QueueError(f"cannot open the queue at {self.path}: {error}") from error
@@ -80,18 +120,16 @@ class SQLiteQueue(Queue):
             self._db.close()
 
     def send(self, bodies: Sequence[str]) -> list[str]:
+        if not bodies:
+            return []
         now = time.time()
-        with self._lock, write_transaction(self._db) as db:
-            # seq is AUTOINCREMENT, so a batch gets consecutive ids after the last one.
+        with self._lock, _durable(self._db), write_transaction(self._db) as db:
+            # seq is AUTOINCREMENT: a batch gets consecutive ids after the last one.
             db.executemany(
-                "INSERT INTO messages (body, sent_at, visible_at) VALUES (?, ?, ?)",
-                [(body, now, now) for body in bodies],
+                "INSERT INTO messages (body, sent_at) VALUES (?, ?)", [(body, now) for body in bodies]
             )
-            if not bodies:
-                return []
             (last,) = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
-        first = last - len(bodies) + 1
-        return [str(seq) for seq in range(first, last + 1)]
+        return [str(seq) for seq in range(last - len(bodies) + 1, last + 1)]
 
     def receive(
         self, max_messages: int, *, visibility_timeout: float, wait_seconds: float = 0.0
@@ -110,57 +148,91 @@ class SQLiteQueue(Queue):
 
     def _receive_now(self, max_messages: int, visibility_timeout: float) -> list[Message]:
         now = time.time()
-        received: list[Message] = []
+        hidden_until = now + visibility_timeout
         with self._lock, write_transaction(self._db) as db:
-            while len(received) < max_messages:
-                rows = db.execute(
-                    "SELECT seq, body, sent_at, receive_count, last_error FROM messages"
-                    " WHERE visible_at <= ? ORDER BY seq LIMIT ?",
-                    (now, max_messages - len(received)),
+            # Messages received before and visible again come first.
+            due = db.execute(
+                "SELECT seq, receive_count, last_error FROM deliveries"
+                " WHERE visible_at <= ? ORDER BY seq LIMIT ?",
+                (now, max_messages),
+            ).fetchall()
+            exhausted = [
+                (seq, error or f"not acknowledged after {count} receives")
+                for seq, count, error in due
+                if count >= self.max_receives
+            ]
+            if exhausted:
+                self._move_to_dead_letters(db, exhausted, now)
+            again = [(seq, count + 1) for seq, count, _ in due if count < self.max_receives]
+            db.executemany(
+                "UPDATE deliveries SET visible_at = ?, receive_count = ? WHERE seq = ?",
+                [(hidden_until, count, seq) for seq, count in again],
+            )
+            rows = self._bodies(db, [seq for seq, _ in again])
+            received = [
+                Message(str(seq), rows[seq][0], _receipt(seq, count), count, rows[seq][1])
+                for seq, count in again
+            ]
+            # Then messages never received, in the order they were sent.
+            room = max_messages - len(received)
+            if room > 0:
+                (next_seq,) = db.execute("SELECT next_seq FROM fresh").fetchone()
+                fresh = db.execute(
+                    "SELECT seq, body, sent_at FROM messages WHERE seq >= ? ORDER BY seq LIMIT ?",
+                    (next_seq, room),
                 ).fetchall()
-                if not rows:
-                    break
-                exhausted = [row for row in rows if row[3] >= self.max_receives]
-                if exhausted:
-                    self._move_to_dead_letters(
-                        db,
-                        [
-                            (seq, last_error or f"not acknowledged after {count} receives")
-                            for seq, _, _, count, last_error in exhausted
-                        ],
-                        now,
+                if fresh:
+                    db.executemany(
+                        "INSERT INTO deliveries (seq, visible_at, receive_count) VALUES (?, ?, 1)",
+                        [(seq, hidden_until) for seq, _, _ in fresh],
                     )
-                deliver = [row for row in rows if row[3] < self.max_receives]
-                db.executemany(
-                    "UPDATE messages SET visible_at = ?, receive_count = receive_count + 1 WHERE seq = ?",
-                    [(now + visibility_timeout, row[0]) for row in deliver],
-                )
-                received.extend(
-                    Message(str(seq), body, _receipt(seq, count + 1), count + 1, sent_at)
-                    for seq, body, sent_at, count, _ in deliver
-                )
+                    db.execute("UPDATE fresh SET next_seq = ?", (fresh[-1][0] + 1,))
+                    received += [
+                        Message(str(seq), body, _receipt(seq, 1), 1, sent_at) for seq, body, sent_at in fresh
+                    ]
         return received
+
+    @staticmethod
+    def _bodies(db: sqlite3.Connection, seqs: list[int]) -> dict[int, tuple[str, float]]:
+        found: dict[int, tuple[str, float]] = {}
+        for start in range(0, len(seqs), _CHUNK):
+            chunk = seqs[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for seq, body, sent_at in db.execute(
+                f"SELECT seq, body, sent_at FROM messages WHERE seq IN ({marks})", chunk
+            ):
+                found[seq] = (body, sent_at)
+        return found
 
     @staticmethod
     def _move_to_dead_letters(db: sqlite3.Connection, reasons: list[tuple[int, str]], now: float) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO dead_letters"
             " (seq, body, sent_at, failed_at, receive_count, reason)"
-            " SELECT seq, body, sent_at, ?, receive_count, ? FROM messages WHERE seq = ?",
+            " SELECT m.seq, m.body, m.sent_at, ?, coalesce(d.receive_count, 0), ?"
+            " FROM messages m LEFT JOIN deliveries d ON d.seq = m.seq WHERE m.seq = ?",
             [(now, reason, seq) for seq, reason in reasons],
         )
         db.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in reasons])
+        db.executemany("DELETE FROM deliveries WHERE seq = ?", [(seq,) for seq, _ in reasons])
 
     def ack(self, messages: Sequence[Message]) -> None:
-        receipts = [_parse_receipt(m.receipt) for m in messages]
+        runs = _runs(sorted(_parse_receipt(m.receipt) for m in messages))
         with self._lock, write_transaction(self._db) as db:
-            db.executemany("DELETE FROM messages WHERE seq = ? AND receive_count = ?", receipts)
+            # A stale receipt (the message was received again since) keeps its
+            # delivery row, and so its body.
+            db.executemany("DELETE FROM deliveries WHERE seq BETWEEN ? AND ? AND receive_count = ?", runs)
+            db.executemany(
+                "DELETE FROM messages WHERE seq BETWEEN ?1 AND ?2"
+                " AND seq NOT IN (SELECT seq FROM deliveries WHERE seq BETWEEN ?1 AND ?2)",
+                [(first, last) for first, last, _ in runs],
+            )
 
     def release(self, messages: Sequence[Message], *, delay: float, error: str) -> None:
         visible_at = time.time() + max(delay, 0.0)
         with self._lock, write_transaction(self._db) as db:
             db.executemany(
-                "UPDATE messages SET visible_at = ?, last_error = ? WHERE seq = ? AND receive_count = ?",
+                "UPDATE deliveries SET visible_at = ?, last_error = ? WHERE seq = ? AND receive_count = ?",
                 [(visible_at, error, *_parse_receipt(m.receipt)) for m in messages],
             )
 
@@ -170,7 +242,7 @@ class SQLiteQueue(Queue):
             # A stale receipt means another worker holds the message now; it
             # will reach the same verdict.
             current = db.execute(
-                "SELECT 1 FROM messages WHERE seq = ? AND receive_count = ?", (seq, count)
+                "SELECT 1 FROM deliveries WHERE seq = ? AND receive_count = ?", (seq, count)
             ).fetchone()
             if current:
                 self._move_to_dead_letters(db, [(seq, reason)], time.time())
@@ -214,9 +286,13 @@ class SQLiteQueue(Queue):
                     raise UnknownDeadLetter(f"not dead letters: {', '.join(missing)}")
             # The message keeps its id; its receive count starts again.
             db.executemany(
-                "INSERT INTO messages (seq, body, sent_at, visible_at)"
-                " SELECT seq, body, sent_at, ? FROM dead_letters WHERE seq = ?",
-                [(now, seq) for seq in seqs],
+                "INSERT INTO messages (seq, body, sent_at) SELECT seq, body, sent_at FROM dead_letters"
+                " WHERE seq = ?",
+                [(seq,) for seq in seqs],
+            )
+            db.executemany(
+                "INSERT INTO deliveries (seq, visible_at, receive_count) VALUES (?, ?, 0)",
+                [(seq, now) for seq in seqs],
             )
             db.executemany("DELETE FROM dead_letters WHERE seq = ?", [(seq,) for seq in seqs])
         return len(seqs)
@@ -224,9 +300,12 @@ class SQLiteQueue(Queue):
     def stats(self) -> QueueStats:
         now = time.time()
         with self._lock:
-            visible, in_flight = self._db.execute(
-                "SELECT coalesce(sum(visible_at <= ?), 0), coalesce(sum(visible_at > ?), 0) FROM messages",
+            again, in_flight = self._db.execute(
+                "SELECT coalesce(sum(visible_at <= ?), 0), coalesce(sum(visible_at > ?), 0) FROM deliveries",
                 (now, now),
             ).fetchone()
+            (fresh,) = self._db.execute(
+                "SELECT count(*) FROM messages WHERE seq >= (SELECT next_seq FROM fresh)"
+            ).fetchone()
             (dead,) = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()
-        return QueueStats(visible=visible, in_flight=in_flight, dead=dead)
+        return QueueStats(visible=fresh + again, in_flight=in_flight, dead=dead)

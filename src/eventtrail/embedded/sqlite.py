@@ -14,12 +14,15 @@ __all__ = ["connect", "is_busy", "write_transaction"]
 BUSY_TIMEOUT_MS = 10_000
 
 
-def connect(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+def connect(
+    path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "FULL"
+) -> sqlite3.Connection:
     """Open ``path`` in WAL mode, in autocommit (transactions are explicit).
 
-    ``synchronous=FULL``: a message the queue accepted, or an event the store
-    acknowledged, survives a power cut, not only a crash of the process.
-    Batches keep the cost of the extra fsync small.
+    ``synchronous=FULL`` (the default) fsyncs every commit: what was committed
+    survives a power cut, not only a crash of the process. ``NORMAL`` leaves
+    the fsync to the next FULL commit or checkpoint: the file stays
+    consistent, but the last commits may roll back after a power cut.
     """
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -28,7 +31,8 @@ def connect(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqli
     )
     connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute(f"PRAGMA synchronous = {synchronous}")
+    connection.execute("PRAGMA cache_size = -65536")
     return connection
 
 

@@ -50,6 +50,7 @@ CREATE INDEX IF NOT EXISTS events_by_source ON events (source, ts);
 """
 
 _COLUMNS = "id, request_id, ts, type, source, data"
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 _CHUNK = 500
 _PURGE_BATCH = 10_000
 
@@ -112,30 +113,44 @@ class SQLiteStore(Store):
         rows = [_row(event) for event in events]
         try:
             with self._lock, write_transaction(self._db) as db:
-                stored = self._existing(db, (row[0] for row in rows))
-                results: list[AppendResult] = []
-                new_rows: list[Row] = []
-                for row in rows:
-                    previous = stored.get(row[0])
-                    if previous is None:
-                        stored[row[0]] = row
-                        new_rows.append(row)
-                        results.append(STORED)
-                    elif _same_event(previous, row):
-                        results.append(DUPLICATE)
-                    else:
-                        results.append(
-                            AppendResult(
-                                AppendStatus.CONFLICT,
-                                f"id {row[0]} already belongs to another event"
-                                f" (request {previous[1]}, {previous[3]} at {previous[2]})",
-                            )
-                        )
-                db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", new_rows)
+                # Redeliveries are rare: insert optimistically, and compare with
+                # what is stored only when the unique id says some are not new.
+                db.execute("SAVEPOINT optimistic")
+                try:
+                    db.executemany(_INSERT, rows)
+                except sqlite3.IntegrityError:
+                    db.execute("ROLLBACK TO optimistic")
+                    results = self._append_checked(db, rows)
+                else:
+                    results = [STORED] * len(rows)
+                db.execute("RELEASE optimistic")
         except sqlite3.OperationalError as error:
             if is_busy(error):
                 raise TransientStoreError(f"{self.path} is locked: {error}") from error
             raise StoreError(f"cannot write to {self.path}: {error}") from error
+        return results
+
+    def _append_checked(self, db: sqlite3.Connection, rows: list[Row]) -> list[AppendResult]:
+        stored = self._existing(db, (row[0] for row in rows))
+        results: list[AppendResult] = []
+        new_rows: list[Row] = []
+        for row in rows:
+            previous = stored.get(row[0])
+            if previous is None:
+                stored[row[0]] = row
+                new_rows.append(row)
+                results.append(STORED)
+            elif _same_event(previous, row):
+                results.append(DUPLICATE)
+            else:
+                results.append(
+                    AppendResult(
+                        AppendStatus.CONFLICT,
+                        f"id {row[0]} already belongs to another event"
+                        f" (request {previous[1]}, {previous[3]} at {previous[2]})",
+                    )
+                )
+        db.executemany(_INSERT, new_rows)
         return results
 
     @staticmethod
