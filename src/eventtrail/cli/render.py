@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from eventtrail.calls import ERROR, REQUEST, RESPONSE
+from eventtrail.calls import ERROR, REQUEST, RESPONSE, service_of
 from eventtrail.event import Event
 from eventtrail.queue import DeadLetter
 
@@ -17,8 +17,8 @@ __all__ = ["dead_letters_table", "events_table", "flow_table"]
 _STYLE = {REQUEST: "cyan", RESPONSE: "green", ERROR: "bold red"}
 
 
-def _data_summary(data: dict[str, Any], width: int = 80) -> str:
-    text = " ".join(f"{key}={value}" for key, value in data.items())
+def _data_summary(data: dict[str, Any], width: int = 80, skip: tuple[str, ...] = ()) -> str:
+    text = " ".join(f"{key}={value}" for key, value in data.items() if key not in skip)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -28,6 +28,24 @@ def _type_text(event: Event) -> Text:
     if event.type == RESPONSE and isinstance(status, int) and status >= 500:
         style = "bold red"
     return Text(event.type, style=style)
+
+
+def _what(event: Event) -> tuple[str, Text, str]:
+    """(who, what happened, details) of one event, in a call's words when it is one."""
+    data = event.data
+    service = service_of(event)
+    if service is None or event.type not in _STYLE:
+        return event.source, _type_text(event), _data_summary(data, 60)
+    if event.type == REQUEST:
+        return service, Text("→ request", style="cyan"), f"{data.get('method', '')} {data.get('path', '')}"
+    if event.type == RESPONSE:
+        status = data.get("status")
+        failed = isinstance(status, int) and status >= 500
+        latency = data.get("latencyMs")
+        took = f"{latency:,.1f} ms" if isinstance(latency, int | float) else "? ms"
+        details = f"{took}, {data.get('bytesOut', '?')} B"
+        return service, Text(f"← {status}", style="bold red" if failed else "green"), details
+    return service, Text(f"✗ {data.get('error', 'error')}", style="bold red"), f"after {data.get('elapsedMs', '?')} ms"
 
 
 def flow_table(request_id: str, events: list[Event]) -> Table:
@@ -42,10 +60,10 @@ def flow_table(request_id: str, events: list[Event]) -> Table:
         title_justify="left",
     )
     table.add_column("+ms", justify="right")
-    table.add_column("type")
-    table.add_column("source")
+    table.add_column("service", no_wrap=True)
+    table.add_column("event", no_wrap=True)
     table.add_column("timeline", no_wrap=True)
-    table.add_column("data")
+    table.add_column("details", no_wrap=True, overflow="ellipsis")
     width = 24
     for event in events:
         offset = (datetime.fromisoformat(event.timestamp) - start).total_seconds() * 1000
@@ -55,8 +73,9 @@ def flow_table(request_id: str, events: list[Event]) -> Table:
             begin = started.setdefault(call_id, offset)
         left = int(begin / total_ms * (width - 1))
         right = max(left + 1, int(offset / total_ms * (width - 1)) + 1)
-        bar = Text(" " * left + "█" * (right - left), style=_STYLE.get(event.type, "white"))
-        table.add_row(f"{offset:,.1f}", _type_text(event), event.source, bar, _data_summary(event.data))
+        who, what, details = _what(event)
+        bar = Text(" " * left + "█" * (right - left), style=what.style)
+        table.add_row(f"{offset:,.1f}", who, what, bar, details)
     return table
 
 
