@@ -57,7 +57,7 @@ def test_send_worker_flow_with_a_poison_message_in_the_batch(tmp_path: Path) -> 
 
     table = run(tmp_path, "flow", request_id)
     assert table.returncode == 0
-    assert "MICROSERVICE_REQUEST" in table.stdout and "2 events" in table.stdout
+    assert "Microservice A" in table.stdout and "→ request" in table.stdout and "2 events" in table.stdout
 
 
 def test_a_bad_event_sends_nothing_and_names_file_line_and_field(tmp_path: Path) -> None:
