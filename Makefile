@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup browser demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("eventtrail needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -22,19 +22,23 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The web UI tests drive Debian's Chromium (never a downloaded browser build).
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
 setup: $(STAMP) $(NODE_STAMP)
 
 demo: setup
 	$(BIN)/eventtrail demo
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks infra
+	$(BIN)/ruff format --check src tests benchmarks infra
 
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup
+unit: setup browser
 	$(BIN)/pytest
 
 test: lint typecheck unit
@@ -43,4 +47,4 @@ bench: setup
 	$(BIN)/python benchmarks/pipeline.py
 
 clean:
-	rm -rf $(VENV) node_modules .eventtrail .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules .eventtrail .mypy_cache .ruff_cache .pytest_cache infra/.asset

@@ -9,12 +9,11 @@ same ``callId``, so a request that calls one service twice stays readable.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 from eventtrail.event import Event
 from eventtrail.ids import uuid7_str
-from eventtrail.store import format_moment
 
 __all__ = [
     "ERROR",
@@ -36,8 +35,20 @@ GATEWAY = "Gateway"
 ERROR_KINDS = ("timeout", "refused", "reset", "error")
 
 
+_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def _now() -> str:
-    return format_moment(datetime.now(UTC))
+    """Now, in the store's fixed-width form (``format_moment``), built from
+    the clock directly: events are made on the gateway's request path, and
+    the events of one second share the formatted second."""
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
+    cached_second, text = _second[0]
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second[0] = (second, text)
+    return f"{text}.{fraction:06d}Z"
 
 
 def _event(type_: str, request_id: str, data: dict[str, Any], source: str, timestamp: str | None) -> Event:

@@ -53,8 +53,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     queue_name: str = "event-queue"
     dlq_name: str = "event-queue-dlq"
     table_name: str = "event"
-    index_shards: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
-    """Write shards of the DynamoDB Type and Source indexes (invariant 4)."""
+    index_shards: Annotated[int, msgspec.Meta(ge=1, le=100)] = 16
+    """Write shards of the DynamoDB Type and Source indexes (invariant 4): 16
+    keep one busy type under 1,000 writes/s per index partition up to about
+    14,000 events/s (docs/benchmarks.md)."""
 
     @property
     def queue_path(self) -> Path:

@@ -19,18 +19,17 @@ _last_ms = 0
 _counter = 0
 
 
-def uuid7() -> uuid.UUID:
-    """A UUIDv7: 48 bits of Unix milliseconds, then a counter and random bits.
-
-    Ids made in the same millisecond by one process still sort in the order
-    they were made (RFC 9562, method 1: a 12-bit counter in ``rand_a``).
-    """
+def _uuid7_int() -> int:
     global _last_ms, _counter
+    # One read of the random source per id: 8 bytes for rand_b, and on a new
+    # millisecond 2 more to seed the counter (the gateway makes three ids per
+    # call, so this is on its request path).
+    random = int.from_bytes(os.urandom(10))
     with _lock:
         now_ms = time.time_ns() // 1_000_000
         if now_ms > _last_ms:
             _last_ms = now_ms
-            _counter = int.from_bytes(os.urandom(2)) & 0x7FF
+            _counter = (random >> 64) & 0x7FF
         else:
             _counter += 1
             if _counter > 0xFFF:
@@ -38,11 +37,21 @@ def uuid7() -> uuid.UUID:
                 _last_ms += 1
                 _counter = 0
         unix_ms, counter = _last_ms, _counter
-    rand_b = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
-    value = (unix_ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
-    return uuid.UUID(int=value)
+    rand_b = random & 0x3FFF_FFFF_FFFF_FFFF
+    return (unix_ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
+
+
+def uuid7() -> uuid.UUID:
+    """A UUIDv7: 48 bits of Unix milliseconds, then a counter and random bits.
+
+    Ids made in the same millisecond by one process still sort in the order
+    they were made (RFC 9562, method 1: a 12-bit counter in ``rand_a``).
+    """
+    return uuid.UUID(int=_uuid7_int())
 
 
 def uuid7_str() -> str:
-    """:func:`uuid7` in its canonical string form."""
-    return str(uuid7())
+    """:func:`uuid7` in its canonical string form (formatted directly: a
+    third of the cost of building a ``uuid.UUID`` and printing it)."""
+    text = f"{_uuid7_int():032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

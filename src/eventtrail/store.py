@@ -20,7 +20,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Self
+from typing import Any, Self
 
 import msgspec
 
@@ -193,6 +193,27 @@ class Store(abc.ABC):
         """Up to ``limit`` events whose ``kind`` ("type" or "source") equals
         ``value``, with ``since <= timestamp < until``, strictly past ``after``
         in the requested order."""
+
+    def event_fields(
+        self, type: str, keys: Sequence[str], *, since: datetime, until: datetime
+    ) -> list[tuple[Any, ...]]:
+        """For each event of ``type`` with ``since <= timestamp < until``, in
+        time order: ``(timestamp, source, *(data[key] for key in keys))``, with
+        ``None`` for a missing key.
+
+        What analyses over many events read (service health): adapters may
+        override it to read only these fields instead of whole events.
+        """
+        rows: list[tuple[Any, ...]] = []
+        cursor: str | None = None
+        while True:
+            page = self.events(type=type, since=since, until=until, limit=1000, cursor=cursor)
+            for event in page.events:
+                data = event.data
+                rows.append((event.timestamp, event.source, *(data.get(key) for key in keys)))
+            if page.cursor is None:
+                return rows
+            cursor = page.cursor
 
     @abc.abstractmethod
     def purge(self, older_than: datetime) -> int:

@@ -218,3 +218,35 @@ class StoreContract:
         store.append([old, new])
         assert store.purge(datetime(2002, 1, 1, tzinfo=UTC)) >= 1
         assert store.flow(request_id) == [new]
+
+    def test_event_fields_reads_the_keys_of_a_type_in_a_time_range(self, store: Store) -> None:
+        value = unique("type")
+        datas: list[dict[str, Any]] = [
+            {"Name": "Microservice A", "status": 200, "latencyMs": 12.5},
+            {"Name": "Microservice B", "status": 503},
+            {"Name": "Microservice B", "latencyMs": 7, "nested": {"status": 1}},
+            {"status": True, "latencyMs": None, "Name": ["not", "a", "name"]},
+        ]
+        events = [
+            make_event(at=T0 + timedelta(seconds=n), type=value, source=f"Source {n}", data=data)
+            for n, data in enumerate(datas, start=1)
+        ]
+        outside = [
+            make_event(at=T0, type=value),
+            make_event(at=T0 + timedelta(seconds=5), type=value),
+            make_event(at=T0 + timedelta(seconds=2), type=unique("other")),
+        ]
+        store.append(events + outside)
+        rows = store.event_fields(
+            value,
+            ("Name", "status", "latencyMs"),
+            since=T0 + timedelta(seconds=1),
+            until=T0 + timedelta(seconds=5),
+        )
+        assert rows == [
+            (e.timestamp, e.source, e.data.get("Name"), e.data.get("status"), e.data.get("latencyMs"))
+            for e in events
+        ]
+        assert store.event_fields(value, (), since=T0, until=T0 + timedelta(seconds=1)) == [
+            (outside[0].timestamp, outside[0].source)
+        ]

@@ -15,6 +15,7 @@ them. This module imports nothing from boto3 or the CDK, so both can use it.
   event id, so one busy type spreads over ``index_shards`` index partitions.
   Readers query every shard and merge them by ``TimestampId``.
 - ``ExpiresAt`` (epoch seconds) is the TTL attribute for retention.
+- ``DataFloats`` (only on items that need it) keeps ``3.0`` a float.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["INDEX_SHARDS_TAG", "IndexSchema", "TABLE", "TableSchema", "shard_of"]
+__all__ = ["INDEX_SHARDS_TAG", "TABLE", "IndexSchema", "TableSchema", "shard_of"]
 
 #: The table tag that records how many write shards the indexes use.
 INDEX_SHARDS_TAG = "eventtrail:index-shards"
@@ -48,6 +49,9 @@ class TableSchema:
     source: str = "Source"
     data: str = "Data"
     ttl: str = "ExpiresAt"
+    float_paths: str = "DataFloats"
+    """Where ``Data`` held integral floats such as ``3.0`` (JSON list of paths),
+    so that they come back as floats; absent when there are none."""
     by_type: IndexSchema = IndexSchema("Type-Index", "TypeShard", "Type")
     by_source: IndexSchema = IndexSchema("Source-Index", "SourceShard", "Source")
 

@@ -6,10 +6,13 @@ import sys
 
 import typer
 
-from eventtrail.cli import dlq
+from eventtrail.cli import aws, dlq, infra
 from eventtrail.cli.common import UsageError, fail
 from eventtrail.cli.demo import demo
 from eventtrail.cli.events import events, flow, send
+from eventtrail.cli.gateway import gateway, up
+from eventtrail.cli.health import health
+from eventtrail.cli.serve import serve
 from eventtrail.cli.worker import purge, status, worker
 from eventtrail.config import ConfigError
 from eventtrail.queue import QueueError
@@ -31,7 +34,13 @@ app.command()(worker)
 app.command()(status)
 app.command()(purge)
 app.command()(demo)
+app.command()(health)
+app.command()(serve)
+app.command()(gateway)
+app.command()(up)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(aws.app, name="aws")
+app.add_typer(infra.app, name="infra")
 
 
 def main() -> None:

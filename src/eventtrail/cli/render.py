@@ -45,7 +45,11 @@ def _what(event: Event) -> tuple[str, Text, str]:
         took = f"{latency:,.1f} ms" if isinstance(latency, int | float) else "? ms"
         details = f"{took}, {data.get('bytesOut', '?')} B"
         return service, Text(f"← {status}", style="bold red" if failed else "green"), details
-    return service, Text(f"✗ {data.get('error', 'error')}", style="bold red"), f"after {data.get('elapsedMs', '?')} ms"
+    return (
+        service,
+        Text(f"✗ {data.get('error', 'error')}", style="bold red"),
+        f"after {data.get('elapsedMs', '?')} ms",
+    )
 
 
 def flow_table(request_id: str, events: list[Event]) -> Table:

@@ -10,9 +10,10 @@ always come back in the same order (invariants 1 and 3).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,24 @@ def _event(row: Row) -> Event:
         source=source,
         data=_decode_data(data),
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _fields_decoder(keys: tuple[str, ...]) -> Callable[[str], tuple[Any, ...]]:
+    """A decoder of ``data`` that keeps only ``keys`` (in that order)."""
+    names = [f"field_{index}" for index in range(len(keys))]
+    fields = msgspec.defstruct(
+        "DataFields",
+        [(name, Any, None) for name in names],
+        rename=dict(zip(names, keys, strict=True)),
+        array_like=False,
+    )
+    decoder = msgspec.json.Decoder(fields)
+
+    def decode(data: str) -> tuple[Any, ...]:
+        return msgspec.structs.astuple(decoder.decode(data))
+
+    return decode
 
 
 def _same_event(stored: Row, new: Row) -> bool:
@@ -214,6 +233,18 @@ class SQLiteStore(Store):
             parameters,
         )
         return [_event(row) for row in rows]
+
+    def event_fields(
+        self, type: str, keys: Sequence[str], *, since: datetime, until: datetime
+    ) -> list[tuple[Any, ...]]:
+        # Decoding only the wanted keys into a small struct is several times
+        # faster than building whole events (or json_extract per key).
+        decode = _fields_decoder(tuple(keys))
+        rows = self._query(
+            "SELECT ts, source, data FROM events WHERE type = ? AND ts >= ? AND ts < ? ORDER BY ts, id",
+            (type, format_moment(since), format_moment(until)),
+        )
+        return [(row[0], row[1], *decode(row[2])) for row in rows]
 
     def purge(self, older_than: datetime) -> int:
         cutoff = format_moment(older_than)

@@ -1,0 +1,44 @@
+"""Synthesizing the app from Python, without the CDK CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import App, Stack, cx_api
+
+from eventtrail_infra.asset import DEFAULT_ASSET_DIR, build_asset
+from eventtrail_infra.settings import settings_from_context
+from eventtrail_infra.stack import EventTrailStack
+
+__all__ = ["add_stack", "synthesize"]
+
+
+def add_stack(app: App, *, asset_dir: Path | None = None, build: bool = True) -> EventTrailStack:
+    """The stack as the app's context says (see :class:`StackSettings`), its
+    asset built first unless ``build`` is false."""
+    settings = settings_from_context(app.node.get_all_context())
+    asset = asset_dir or DEFAULT_ASSET_DIR
+    if build:
+        build_asset(asset)
+    return EventTrailStack(
+        app,
+        settings.stack_name,
+        settings=settings,
+        asset_dir=asset,
+        description="eventtrail: gateway calls -> SQS -> Lambda -> DynamoDB",
+    )
+
+
+def synthesize(
+    output: Path,
+    context: Mapping[str, Any] | None = None,
+    *,
+    asset_dir: Path | None = None,
+    build: bool = True,
+) -> tuple[cx_api.CloudAssembly, Stack]:
+    """Write the cloud assembly (templates, asset manifest, assets) to ``output``."""
+    app = App(outdir=str(output), context=dict(context or {}))
+    stack = add_stack(app, asset_dir=asset_dir, build=build)
+    return app.synth(), stack

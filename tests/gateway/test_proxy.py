@@ -1,0 +1,264 @@
+"""The gateway over real HTTP: routing, headers, request ids, errors, and the
+events each call leaves in the queue."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eventtrail.calls import ERROR, REQUEST, RESPONSE
+from tests.gateway.conftest import GatewayFactory, queued_events
+from tests.gateway.upstreams import resetting_server
+from tests.servers import free_port
+
+
+def _upstream_headers(answer: httpx.Response) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in answer.json()["headers"]]
+
+
+def test_a_prefix_routes_to_its_upstream_with_path_query_and_body(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    answer = httpx.post(f"{gateway.url}/echo/orders/42?x=1&y=a%20b", content=b"hello")
+    assert answer.status_code == 201
+    seen = answer.json()
+    assert (seen["method"], seen["path"], seen["query"], seen["bodyBytes"]) == (
+        "POST",
+        "/orders/42",
+        "x=1&y=a%20b",
+        5,
+    )
+
+
+def test_the_path_goes_upstream_exactly_as_encoded(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    answer = httpx.get(f"{gateway.url}/echo/files/a%2Fb%20c")
+    assert answer.json()["rawPath"] == "/files/a%2Fb%20c"
+    assert httpx.get(f"{gateway.url}/echo").json()["path"] == "/"
+
+
+def test_the_longest_prefix_wins_and_an_unknown_one_is_404(
+    make_gateway: GatewayFactory, upstream_url: str
+) -> None:
+    gateway = make_gateway(
+        [
+            {"prefix": "/api", "service": "Short", "upstream": upstream_url},
+            {"prefix": "/api/v2", "service": "Long", "upstream": upstream_url + "/v2"},
+        ]
+    )
+    assert httpx.get(f"{gateway.url}/api/v2/x").json()["path"] == "/v2/x"
+    assert httpx.get(f"{gateway.url}/api/v1/x").json()["path"] == "/v1/x"
+    missing = httpx.get(f"{gateway.url}/apix/nothing")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "no route for /apix/nothing"
+    assert missing.headers["x-request-id"] == missing.json()["requestId"]
+
+
+def test_headers_forwarded_hop_by_hop_dropped_repeats_kept(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    answer = httpx.get(
+        f"{gateway.url}/echo/h",
+        headers=[
+            ("X-Multi-In", "a"),
+            ("X-Multi-In", "b"),
+            ("Connection", "keep-alive, X-Drop-Me"),
+            ("X-Drop-Me", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Authorization", "Bearer upstream-needs-this"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("Host", "public.example"),
+        ],
+    )
+    sent = _upstream_headers(answer)
+    names = [name for name, _ in sent]
+    assert [value for name, value in sent if name == "x-multi-in"] == ["a", "b"]
+    assert not {"x-drop-me", "keep-alive", "te"} & set(names)
+    assert ("authorization", "Bearer upstream-needs-this") in sent
+    assert ("x-forwarded-for", "10.0.0.1, 127.0.0.1") in sent
+    assert ("x-forwarded-proto", "http") in sent
+    assert ("x-forwarded-host", "public.example") in sent
+    # The upstream's own host, not the public one.
+    assert dict(sent)["host"].startswith("127.0.0.1:")
+    # Response: repeated headers kept, the upstream's hop-by-hop ones dropped.
+    assert answer.headers.get_list("x-multi") == ["one", "two"]
+    assert answer.headers.get_list("set-cookie") == ["session=s3cr3t-cookie", "theme=dark"]
+    assert "x-upstream-hop" not in answer.headers
+
+
+def test_the_request_id_is_taken_passed_upstream_and_returned(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    gateway = make_gateway()
+    given = httpx.get(f"{gateway.url}/echo/1", headers={"X-Request-Id": "req-123"})
+    traced = httpx.get(
+        f"{gateway.url}/echo/2",
+        headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    )
+    made = httpx.get(f"{gateway.url}/echo/3")
+    assert given.headers["x-request-id"] == "req-123"
+    assert ("x-request-id", "req-123") in _upstream_headers(given)
+    assert traced.headers["x-request-id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert ("x-request-id", "4bf92f3577b34da6a3ce929d0e0e4736") in _upstream_headers(traced)
+    new_id = made.headers["x-request-id"]
+    assert uuid.UUID(new_id).version == 7
+    assert ("x-request-id", new_id) in _upstream_headers(made)
+    gateway.stop()
+    events = queued_events(tmp_path / "queue.db")
+    assert [(e.request_id, e.type) for e in events] == [
+        ("req-123", REQUEST),
+        ("req-123", RESPONSE),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", REQUEST),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", RESPONSE),
+        (new_id, REQUEST),
+        (new_id, RESPONSE),
+    ]
+
+
+def test_a_call_is_recorded_as_request_then_response(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gateway = make_gateway()
+    answer = httpx.post(f"{gateway.url}/echo/orders?x=1", content=b"12345")
+    gateway.stop()
+    request, response = queued_events(tmp_path / "queue.db")
+    assert (request.type, request.source, response.type, response.source) == (
+        REQUEST,
+        "Gateway",
+        RESPONSE,
+        "Gateway",
+    )
+    assert request.data["callId"] == response.data["callId"]
+    assert request.data | {"callId": None} == {
+        "Name": "Echo",
+        "callId": None,
+        "method": "POST",
+        "path": "/orders",
+        "query": "x=1",
+    }
+    assert response.data["status"] == 201
+    assert response.data["bytesIn"] == 5
+    assert response.data["bytesOut"] == len(answer.content)
+    assert 0 < response.data["latencyMs"] < 5000
+    assert request.timestamp <= response.timestamp
+
+
+def test_secrets_are_never_recorded(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gateway = make_gateway(
+        recording={
+            "request_headers": ["authorization", "cookie", "x-api-key", "x-visible", "x-internal"],
+            "response_headers": ["set-cookie", "content-type"],
+            "redact_headers": ["x-internal"],
+            "redact_query": ["session"],
+        }
+    )
+    answer = httpx.get(
+        f"{gateway.url}/echo/r?token=tok-s3cr3t&session=sess-s3cr3t&page=2",
+        headers={
+            "Authorization": "Bearer auth-s3cr3t",
+            "Cookie": "id=cookie-s3cr3t",
+            "X-Api-Key": "key-s3cr3t",
+            "X-Internal": "internal-s3cr3t",
+            "X-Visible": "shown",
+        },
+    )
+    # The upstream still gets them: redaction is for the record only.
+    assert ("authorization", "Bearer auth-s3cr3t") in _upstream_headers(answer)
+    gateway.stop()
+    request, response = queued_events(tmp_path / "queue.db")
+    assert request.data["requestHeaders"] == {
+        "authorization": "[redacted]",
+        "cookie": "[redacted]",
+        "x-api-key": "[redacted]",
+        "x-internal": "[redacted]",
+        "x-visible": "shown",
+    }
+    assert request.data["query"] == "token=[redacted]&session=[redacted]&page=2"
+    assert response.data["responseHeaders"] == {
+        "set-cookie": "[redacted], [redacted]",
+        "content-type": "application/json",
+    }
+    with (tmp_path / "queue.db").open("rb") as file:
+        assert b"s3cr3t" not in file.read()
+
+
+def test_refused_is_502_with_its_error_event(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gateway = make_gateway(
+        [{"prefix": "/gone", "service": "Gone", "upstream": f"http://127.0.0.1:{free_port()}"}]
+    )
+    answer = httpx.get(f"{gateway.url}/gone/x", headers={"X-Request-Id": "r-refused"})
+    assert answer.status_code == 502
+    assert answer.json() == {
+        "error": "the upstream service refused the connection",
+        "service": "Gone",
+        "requestId": "r-refused",
+    }
+    gateway.stop()
+    request, error = queued_events(tmp_path / "queue.db")
+    assert (request.type, error.type, error.request_id) == (REQUEST, ERROR, "r-refused")
+    assert error.data["error"] == "refused"
+    assert error.data["callId"] == request.data["callId"]
+    assert error.data["elapsedMs"] >= 0
+
+
+def test_a_reset_connection_is_502_reset(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    with resetting_server() as port:
+        gateway = make_gateway(
+            [{"prefix": "/r", "service": "Resets", "upstream": f"http://127.0.0.1:{port}"}]
+        )
+        answer = httpx.get(f"{gateway.url}/r/x")
+        gateway.stop()
+    assert answer.status_code == 502
+    assert answer.json()["error"] == "the upstream service closed the connection"
+    _, error = queued_events(tmp_path / "queue.db")
+    assert (error.type, error.data["error"]) == (ERROR, "reset")
+
+
+def test_a_body_cut_short_truncates_the_answer_and_is_recorded_as_reset(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    start = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+    with resetting_server(start) as port:
+        gateway = make_gateway([{"prefix": "/r", "service": "Cut", "upstream": f"http://127.0.0.1:{port}"}])
+        # The status went out before the cut: the client must see a broken
+        # response, never a complete-looking one.
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(f"{gateway.url}/r/x")
+        gateway.stop()
+    _, error = queued_events(tmp_path / "queue.db")
+    assert (error.type, error.data["Name"], error.data["error"]) == (ERROR, "Cut", "reset")
+
+
+def test_a_silent_upstream_is_504_timeout(
+    make_gateway: GatewayFactory, upstream_url: str, tmp_path: Path
+) -> None:
+    gateway = make_gateway([{"prefix": "/s", "service": "Slow", "upstream": upstream_url, "timeout": 0.3}])
+    answer = httpx.get(f"{gateway.url}/s/slow")
+    assert answer.status_code == 504
+    assert answer.json()["error"] == "the upstream service did not answer in time"
+    gateway.stop()
+    _, error = queued_events(tmp_path / "queue.db")
+    assert (error.type, error.data["Name"], error.data["error"]) == (ERROR, "Slow", "timeout")
+    assert 250 <= error.data["elapsedMs"] < 1900
+
+
+def test_metrics_count_requests_and_events(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    for _ in range(3):
+        httpx.get(f"{gateway.url}/echo/x")
+    httpx.get(f"{gateway.url}/nowhere")
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert 'eventtrail_gateway_requests_total{service="Echo",outcome="2xx"} 3' in text
+    assert "eventtrail_gateway_unrouted_requests_total 1" in text
+    assert "eventtrail_gateway_events_published_total 6" in text
+    for name in ("events_buffered", "events_sent_total", "events_spilled_total", "events_dropped_total"):
+        assert f"eventtrail_gateway_{name} " in text
+    assert "eventtrail_gateway_queue_errors_total 0" in text
+
+
+def test_recording_off_proxies_and_publishes_nothing(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gateway = make_gateway(recording={"enabled": False})
+    answer = httpx.get(f"{gateway.url}/echo/x", headers={"X-Request-Id": "quiet"})
+    assert (answer.status_code, answer.headers["x-request-id"]) == (200, "quiet")
+    gateway.stop()
+    assert queued_events(tmp_path / "queue.db") == []

@@ -1,0 +1,202 @@
+"""Publishing off the request path: a queue that fails, a spill file that
+holds the events meanwhile, delivery after recovery, and shutdown flushing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from eventtrail.calls import call_request
+from eventtrail.config import load_settings
+from eventtrail.consumer import Consumer
+from eventtrail.embedded.queue import SQLiteQueue
+from eventtrail.embedded.store import SQLiteStore
+from eventtrail.gateway.offload import ProcessQueue
+from eventtrail.gateway.publisher import Publisher
+from eventtrail.gateway.spill import SpillFile
+from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats
+from eventtrail.worker import Worker
+from tests.gateway.conftest import GatewayFactory, queued_events
+
+
+class SwitchableQueue(Queue):
+    """The SQLite queue, with sends that fail while ``down`` is set."""
+
+    def __init__(self, inner: SQLiteQueue) -> None:
+        self.inner = inner
+        self.max_receives = inner.max_receives
+        self.down = threading.Event()
+        self.failed_sends = 0
+
+    def send(self, bodies: Sequence[str]) -> list[str]:
+        if self.down.is_set():
+            self.failed_sends += 1
+            raise QueueError("queue unavailable (switched off by the test)")
+        return self.inner.send(bodies)
+
+    def receive(
+        self, max_messages: int, *, visibility_timeout: float, wait_seconds: float = 0.0
+    ) -> list[Message]:
+        return self.inner.receive(
+            max_messages, visibility_timeout=visibility_timeout, wait_seconds=wait_seconds
+        )
+
+    def ack(self, messages: Sequence[Message]) -> None:
+        self.inner.ack(messages)
+
+    def release(self, messages: Sequence[Message], *, delay: float, error: str) -> None:
+        self.inner.release(messages, delay=delay, error=error)
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        self.inner.dead_letter(message, reason)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return self.inner.dead_letters(limit)
+
+    def get_dead_letter(self, message_id: str) -> DeadLetter:
+        return self.inner.get_dead_letter(message_id)
+
+    def redrive(self, message_ids: Sequence[str] | None = None) -> int:
+        return self.inner.redrive(message_ids)
+
+    def stats(self) -> QueueStats:
+        return self.inner.stats()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_queue_outage_every_request_served_every_event_delivered_once(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    queue = SwitchableQueue(SQLiteQueue(tmp_path / "queue.db"))
+    gateway = make_gateway(
+        queue=queue,
+        publisher_options={
+            "flush_interval": 0.01,
+            "batch_size": 20,
+            "retry_interval": 0.05,
+            "max_retry_interval": 0.2,
+        },
+    )
+    publisher = gateway.publisher
+    assert publisher is not None
+
+    client = httpx.Client(limits=httpx.Limits(max_connections=8))
+
+    def call(index: int) -> int:
+        answer = client.get(f"{gateway.url}/echo/{index}", headers={"X-Request-Id": f"req-{index}"})
+        return answer.status_code
+
+    with client, ThreadPoolExecutor(8) as pool:
+        before = list(pool.map(call, range(100)))
+        _wait_until(lambda: publisher.counts().sent == 200)
+        queue.down.set()
+        during = list(pool.map(call, range(100, 300)))
+        _wait_until(lambda: publisher.counts().buffered == 0)
+        metrics = client.get(f"{gateway.url}/metrics").text
+        queue.down.clear()
+        after = list(pool.map(call, range(300, 400)))
+    assert before + during + after == [200] * 400
+    assert queue.failed_sends >= 1
+    assert "eventtrail_gateway_queue_errors_total 0" not in metrics
+    assert "eventtrail_gateway_events_spilled_total 0" not in metrics
+    _wait_until(lambda: publisher.counts().spill_pending == 0 and publisher.counts().sent == 800)
+    counts = gateway.stop()
+    assert counts is not None
+    assert (counts.published, counts.sent, counts.dropped, counts.buffered) == (800, 800, 0, 0)
+    assert counts.spilled >= 1
+
+    # Every event is in the queue exactly once, and lands in the store once.
+    events = queued_events(tmp_path / "queue.db")
+    assert len(events) == 800
+    assert len({event.id for event in events}) == 800
+    assert {event.request_id for event in events} == {f"req-{index}" for index in range(400)}
+    with SQLiteQueue(tmp_path / "queue.db") as worker_queue, SQLiteStore(tmp_path / "events.db") as store:
+        report = Worker(worker_queue, Consumer(store), visibility_timeout=0.1).run(drain=True)
+        assert report.stored == 800
+        assert store.count() == 800
+        assert len(store.flow("req-250")) == 2
+
+
+def test_with_no_queue_and_no_spill_file_events_are_counted_as_dropped(tmp_path: Path) -> None:
+    queue = SwitchableQueue(SQLiteQueue(tmp_path / "queue.db"))
+    queue.down.set()
+    publisher = Publisher(queue, None, flush_interval=0.01).start()
+    for index in range(10):
+        publisher.publish(call_request(f"r{index}", "c", "S", "GET", "/"))
+    counts = publisher.close()
+    assert (counts.published, counts.sent, counts.dropped) == (10, 0, 10)
+
+
+def test_a_full_buffer_counts_drops_instead_of_blocking(tmp_path: Path) -> None:
+    publisher = Publisher(SQLiteQueue(tmp_path / "queue.db"), buffer_size=5)  # not started: nothing drains
+    for index in range(8):
+        publisher.publish(call_request(f"r{index}", "c", "S", "GET", "/"))
+    assert publisher.counts().dropped == 3
+    assert publisher.close().sent == 5
+
+
+def test_events_spilled_by_a_previous_run_are_sent_by_the_next(tmp_path: Path) -> None:
+    queue = SwitchableQueue(SQLiteQueue(tmp_path / "queue.db"))
+    queue.down.set()
+    first = Publisher(queue, SpillFile(tmp_path / "spill.db"), flush_interval=0.01).start()
+    for index in range(7):
+        first.publish(call_request(f"r{index}", "c", "S", "GET", "/"))
+    assert first.close().spill_pending == 7
+    second = Publisher(
+        SQLiteQueue(tmp_path / "queue.db"), SpillFile(tmp_path / "spill.db"), flush_interval=0.01
+    ).start()
+    _wait_until(lambda: second.counts().spill_pending == 0)
+    assert second.close().sent == 7
+    assert sorted(event.request_id for event in queued_events(tmp_path / "queue.db")) == [
+        f"r{index}" for index in range(7)
+    ]
+
+
+def test_shutdown_flushes_what_is_buffered(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    # A long flush interval and a large batch: nothing leaves before shutdown.
+    gateway = make_gateway(publisher_options={"flush_interval": 60, "batch_size": 10_000})
+    for index in range(25):
+        assert httpx.get(f"{gateway.url}/echo/{index}").status_code == 200
+    publisher = gateway.publisher
+    assert publisher is not None
+    assert publisher.counts().buffered == 50
+    assert queued_events(tmp_path / "queue.db") == []
+    counts = gateway.stop()
+    assert counts is not None
+    assert (counts.sent, counts.buffered) == (50, 0)
+    assert len(queued_events(tmp_path / "queue.db")) == 50
+
+
+def test_the_queue_process_is_replaced_when_it_dies(tmp_path: Path) -> None:
+    settings = load_settings({"backend": "local", "data_dir": str(tmp_path)}, environ={})
+    queue = ProcessQueue(settings)
+    publisher = Publisher(
+        queue, SpillFile(tmp_path / "spill.db"), flush_interval=0.01, retry_interval=0.05
+    ).start()
+    publisher.publish(call_request("before", "c", "S", "GET", "/"))
+    _wait_until(lambda: publisher.counts().sent == 1)
+    queue._process.kill()  # the child dies: the next send fails, spills, then a new child takes over
+    for index in range(5):
+        publisher.publish(call_request(f"after-{index}", "c", "S", "GET", "/"))
+    _wait_until(lambda: publisher.counts().sent == 6)
+    counts = publisher.close()
+    assert (counts.queue_errors, counts.spilled, counts.dropped, counts.spill_pending) == (1, 5, 0, 0)
+    assert sorted(event.request_id for event in queued_events(tmp_path / "queue.db")) == [
+        *(f"after-{index}" for index in range(5)),
+        "before",
+    ]

@@ -1,0 +1,123 @@
+"""Upstream services for the gateway tests: real servers on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import msgspec
+
+from eventtrail.gateway.serve import GatewayServer
+
+CHUNK = 1024 * 1024
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers what it received; a few paths behave differently:
+    ``/slow`` waits 2 s, ``/download/N`` streams N bytes, ``/upload`` counts
+    the body without keeping it."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    path: str = scope["path"]
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    if path == "/slow":
+        await asyncio.sleep(2)
+    if path.startswith("/download/"):
+        total = int(path.rsplit("/", 1)[1])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")],
+            }
+        )
+        block = b"x" * CHUNK
+        sent = 0
+        while sent < total:
+            piece = block[: min(CHUNK, total - sent)]
+            sent += len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": sent < total})
+        return
+    body = msgspec.json.encode(
+        {
+            "method": scope["method"],
+            "path": path,
+            "rawPath": scope["raw_path"].decode(),
+            "query": scope["query_string"].decode(),
+            "headers": [[name.decode(), value.decode()] for name, value in scope["headers"]],
+            "bodyBytes": size,
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 201 if scope["method"] == "POST" else 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-multi", b"one"),
+                (b"x-multi", b"two"),
+                (b"set-cookie", b"session=s3cr3t-cookie"),
+                (b"set-cookie", b"theme=dark"),
+                (b"connection", b"x-upstream-hop"),
+                (b"x-upstream-hop", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def echo_server() -> Iterator[GatewayServer]:
+    with GatewayServer(echo_app) as server:
+        yield server
+
+
+@contextmanager
+def resetting_server(answer_first: bytes = b"") -> Iterator[int]:
+    """A port whose server accepts each connection, reads, sends
+    ``answer_first`` (e.g. the start of a response), and resets it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(2)
+                with suppress(OSError):
+                    connection.recv(65536)
+                    if answer_first:
+                        connection.sendall(answer_first)
+                        time.sleep(0.1)
+                # Linger 0: close sends RST, not FIN.
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
