@@ -63,7 +63,7 @@ def flow_table(request_id: str, events: list[Event]) -> Table:
         title=f"request {request_id}: {len(events)} events over {total_ms:,.1f} ms",
         title_justify="left",
     )
-    table.add_column("+ms", justify="right")
+    table.add_column("+ms", justify="right", no_wrap=True, min_width=7)
     table.add_column("service", no_wrap=True)
     table.add_column("event", no_wrap=True)
     table.add_column("timeline", no_wrap=True)
