@@ -177,14 +177,6 @@ def test_purge_deletes_old_events(tmp_path: Path) -> None:
     assert json.loads(run(tmp_path, "flow", old.request_id, "--json").stdout) == []
 
 
-def test_demo_sends_flows_through_the_pipeline(tmp_path: Path) -> None:
-    result = run(tmp_path, "demo", "--requests", "10", "--show", "1", "--seed", "7")
-    assert result.returncode == 0, result.stderr
-    assert "worker: " in result.stderr and "0 dead-lettered" in result.stderr
-    assert "Microservice B" in result.stdout
-    assert (tmp_path / ".eventtrail" / "events.db").exists() or (tmp_path / "events.db").exists()
-
-
 def test_help_explains_every_command(tmp_path: Path) -> None:
     result = run(tmp_path, "--help")
     assert result.returncode == 0

@@ -25,6 +25,9 @@ app = typer.Typer(
     help="Record every call an API gateway makes as an immutable event, and see each request's whole flow.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Help texts carry "[env: ...]" and "[default: ...]" notes, which rich
+    # markup would swallow as style tags.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command()(send)

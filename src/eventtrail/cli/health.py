@@ -22,7 +22,7 @@ from eventtrail.config import open_store
 from eventtrail.health import HealthReport, HealthThresholds, ServiceHealth, service_health
 from eventtrail.times import parse_duration, parse_moment
 
-__all__ = ["health", "health_table"]
+__all__ = ["health", "health_table", "print_report"]
 
 _DEFAULTS = HealthThresholds()
 
@@ -99,6 +99,11 @@ def health(
     if as_json:
         write_json(msgspec.json.encode(report))
         return
+    print_report(report)
+
+
+def print_report(report: HealthReport) -> None:
+    """The table (if any service was called) and the verdict, on stdout."""
     if report.services:
         console.print(health_table(report))
     style = "bold red" if report.faulty else "green"

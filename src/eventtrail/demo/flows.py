@@ -1,4 +1,5 @@
-"""Demo traffic: realistic flows of a gateway calling two microservices.
+"""Simulated demo traffic: the events of a gateway calling two microservices,
+made up without running any server.
 
 Microservice A is healthy; Microservice B is slower and fails part of the
 time, so that the faulty one stands out in the flows and in service health.
