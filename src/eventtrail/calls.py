@@ -23,6 +23,7 @@ __all__ = [
     "call_error",
     "call_request",
     "call_response",
+    "moment_of_ns",
     "service_of",
 ]
 
@@ -38,12 +39,11 @@ ERROR_KINDS = ("timeout", "refused", "reset", "error")
 _second: list[tuple[int, str]] = [(-1, "")]
 
 
-def _now() -> str:
-    """Now, in the store's fixed-width form (``format_moment``), built from
-    the clock directly: events are made on the gateway's request path, and
+def moment_of_ns(unix_ns: int) -> str:
+    """Nanoseconds since the epoch in the store's fixed-width form
+    (``format_moment``), built directly: the gateway stamps every event, and
     the events of one second share the formatted second."""
-    micros = time.time_ns() // 1000
-    second, fraction = divmod(micros, 1_000_000)
+    second, fraction = divmod(unix_ns // 1000, 1_000_000)
     cached_second, text = _second[0]
     if second != cached_second:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
@@ -51,9 +51,20 @@ def _now() -> str:
     return f"{text}.{fraction:06d}Z"
 
 
-def _event(type_: str, request_id: str, data: dict[str, Any], source: str, timestamp: str | None) -> Event:
+def _now() -> str:
+    return moment_of_ns(time.time_ns())
+
+
+def _event(
+    type_: str,
+    request_id: str,
+    data: dict[str, Any],
+    source: str,
+    timestamp: str | None,
+    event_id: str | None,
+) -> Event:
     return Event(
-        id=uuid7_str(),
+        id=event_id or uuid7_str(),
         request_id=request_id,
         timestamp=timestamp or _now(),
         type=type_,
@@ -71,11 +82,12 @@ def call_request(
     *,
     source: str = GATEWAY,
     timestamp: str | None = None,
+    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
     """Before the call. ``Name`` keeps the reference article's field."""
     data = {"Name": service, "callId": call_id, "method": method, "path": path, **extra}
-    return _event(REQUEST, request_id, data, source, timestamp)
+    return _event(REQUEST, request_id, data, source, timestamp, event_id)
 
 
 def call_response(
@@ -89,6 +101,7 @@ def call_response(
     bytes_out: int,
     source: str = GATEWAY,
     timestamp: str | None = None,
+    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
     """After the call returned a response (of any status)."""
@@ -101,7 +114,7 @@ def call_response(
         "bytesOut": bytes_out,
         **extra,
     }
-    return _event(RESPONSE, request_id, data, source, timestamp)
+    return _event(RESPONSE, request_id, data, source, timestamp, event_id)
 
 
 def call_error(
@@ -114,6 +127,7 @@ def call_error(
     detail: str = "",
     source: str = GATEWAY,
     timestamp: str | None = None,
+    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
     """The call failed without a response: ``error`` is one of ERROR_KINDS."""
@@ -126,7 +140,7 @@ def call_error(
     }
     if detail:
         data["detail"] = detail
-    return _event(ERROR, request_id, data, source, timestamp)
+    return _event(ERROR, request_id, data, source, timestamp, event_id)
 
 
 def service_of(event: Event) -> str | None:

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 
-__all__ = ["uuid7", "uuid7_str"]
+__all__ = ["uuid7", "uuid7_str", "uuid_str"]
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -53,5 +53,10 @@ def uuid7() -> uuid.UUID:
 def uuid7_str() -> str:
     """:func:`uuid7` in its canonical string form (formatted directly: a
     third of the cost of building a ``uuid.UUID`` and printing it)."""
-    text = f"{_uuid7_int():032x}"
+    return uuid_str(_uuid7_int())
+
+
+def uuid_str(value: int) -> str:
+    """A 128-bit UUID as the canonical ``8-4-4-4-12`` hex string."""
+    text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

@@ -3,6 +3,7 @@ holds the events meanwhile, delivery after recovery, and shutdown flushing."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from eventtrail.calls import call_request
 from eventtrail.config import load_settings
@@ -18,7 +20,9 @@ from eventtrail.embedded.queue import SQLiteQueue
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.gateway.offload import ProcessQueue
 from eventtrail.gateway.publisher import Publisher
+from eventtrail.gateway.records import UnsentRecords, bodies_of, error_record, request_record
 from eventtrail.gateway.spill import SpillFile
+from eventtrail.ids import uuid7_str
 from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats
 from eventtrail.worker import Worker
 from tests.gateway.conftest import GatewayFactory, queued_events
@@ -200,3 +204,63 @@ def test_the_queue_process_is_replaced_when_it_dies(tmp_path: Path) -> None:
         *(f"after-{index}" for index in range(5)),
         "before",
     ]
+
+
+def _break_queue_file(path: Path, broken: bool) -> None:
+    """Make every send to the queue file fail (or work again) by moving the
+    table its sends write to."""
+    names = ("messages", "messages_away") if broken else ("messages_away", "messages")
+    with sqlite3.connect(path) as db:
+        db.execute(f"ALTER TABLE {names[0]} RENAME TO {names[1]}")
+
+
+def test_the_queue_process_makes_the_bodies_and_returns_those_it_could_not_send(tmp_path: Path) -> None:
+    settings = load_settings({"backend": "local", "data_dir": str(tmp_path)}, environ={})
+    call_id = uuid7_str()
+    records = [
+        request_record(
+            1_700_000_000_123_456_789, "r1", call_id, "S", "Gateway", "GET", "/x", {"query": "a=1"}
+        ),
+        error_record(1_700_000_000_223_456_789, "r1", call_id, "S", "Gateway", "timeout", 100.0, "no answer"),
+    ]
+    queue = ProcessQueue(settings)
+    try:
+        queue.send_records(records)
+        _break_queue_file(tmp_path / "queue.db", broken=True)
+        with pytest.raises(UnsentRecords) as unsent:
+            queue.send_records(records)
+        assert unsent.value.bodies == bodies_of(records)
+    finally:
+        queue.close()
+    _break_queue_file(tmp_path / "queue.db", broken=False)
+    sent = queued_events(tmp_path / "queue.db")
+    assert [event.type for event in sent] == ["MICROSERVICE_REQUEST", "MICROSERVICE_ERROR"]
+    assert sent[0].timestamp == "2023-11-14T22:13:20.123456Z"
+    assert sent[0].data == {"Name": "S", "callId": call_id, "method": "GET", "path": "/x", "query": "a=1"}
+    assert sent[1].data["elapsedMs"] == 100.0 and sent[1].data["detail"] == "no answer"
+
+
+def test_an_outage_of_the_queue_process_spills_then_delivers_every_event_once(tmp_path: Path) -> None:
+    settings = load_settings({"backend": "local", "data_dir": str(tmp_path)}, environ={})
+    publisher = Publisher(
+        ProcessQueue(settings),
+        SpillFile(tmp_path / "spill.db"),
+        flush_interval=0.01,
+        retry_interval=0.05,
+        max_retry_interval=0.1,
+    ).start()
+    for index in range(10):
+        publisher.publish(call_request(f"before-{index}", "c", "S", "GET", "/"))
+    _wait_until(lambda: publisher.counts().sent == 10)
+    _break_queue_file(tmp_path / "queue.db", broken=True)
+    for index in range(20):
+        publisher.publish(call_request(f"during-{index}", "c", "S", "GET", "/"))
+    _wait_until(lambda: publisher.counts().spilled == 20)
+    _break_queue_file(tmp_path / "queue.db", broken=False)
+    _wait_until(lambda: publisher.counts().sent == 30)
+    counts = publisher.close()
+    assert counts.queue_errors >= 1 and (counts.dropped, counts.spill_pending) == (0, 0)
+    request_ids = [event.request_id for event in queued_events(tmp_path / "queue.db")]
+    assert sorted(request_ids) == sorted(
+        [*(f"before-{index}" for index in range(10)), *(f"during-{index}" for index in range(20))]
+    )

@@ -1,8 +1,10 @@
 """Publishing events off the request path.
 
-The request path only appends the event to a bounded in-memory buffer (a
-deque append: no lock, no I/O, no encoding). One background thread takes
-batches from it, encodes them and sends them to the queue. When a send fails,
+The request path only appends a call record (:mod:`eventtrail.gateway.records`)
+to a bounded in-memory buffer (a deque append: no lock, no I/O, no
+encoding). One background thread takes batches from it and sends them to the
+queue, which makes the records into event bodies itself when it runs in a
+process of its own, else the thread does. When a send fails,
 the batch goes to the durable spill file instead and the queue is tried again
 later (backing off); once it answers, the spill file is emptied into it
 before anything newer. What neither the buffer nor the spill file can take is
@@ -18,7 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from eventtrail.event import Event, encode_event
+from eventtrail.event import Event
+from eventtrail.gateway.records import Record, RecordSink, UnsentRecords, bodies_of, encoded
 from eventtrail.gateway.spill import SpillError, SpillFile
 from eventtrail.queue import Queue
 
@@ -70,7 +73,8 @@ class Publisher:
         self.retry_interval = retry_interval
         self.max_retry_interval = max_retry_interval
         self._clock = clock
-        self._buffer: collections.deque[Event] = collections.deque()
+        self._buffer: collections.deque[Record] = collections.deque()
+        self._sink = queue if isinstance(queue, RecordSink) else None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,10 +95,14 @@ class Publisher:
 
     def publish(self, event: Event) -> None:
         """Hand ``event`` over; never blocks, never raises."""
+        self.publish_record(encoded(event))
+
+    def publish_record(self, record: Record) -> None:
+        """Hand a call record over (see :class:`~eventtrail.gateway.recorder.CallRecorder`)."""
         if len(self._buffer) >= self.buffer_size:
             self._dropped_full += 1
             return
-        self._buffer.append(event)
+        self._buffer.append(record)
         self._published += 1
         if len(self._buffer) == self.batch_size:
             self._wake.set()
@@ -165,8 +173,8 @@ class Publisher:
         if self._spill_pending() and self._queue_is_up():
             self._drain_spill(final=True)
 
-    def _take(self) -> list[Event]:
-        batch: list[Event] = []
+    def _take(self) -> list[Record]:
+        batch: list[Record] = []
         buffer = self._buffer
         while buffer and len(batch) < self.batch_size:
             batch.append(buffer.popleft())
@@ -176,11 +184,11 @@ class Publisher:
         if self._spill_pending() and self._queue_is_up():
             self._drain_spill(final=final)
         while self._buffer:
-            bodies = [encode_event(event).decode() for event in self._take()]
+            records = self._take()
             if self._spill_pending() or not self._queue_is_up():
-                self._keep(bodies)
+                self._keep(bodies_of(records))
             else:
-                self._send_or_keep(bodies)
+                self._send_or_keep(records)
             if not final and len(self._buffer) < self.batch_size:
                 break
 
@@ -194,20 +202,38 @@ class Publisher:
         try:
             self.queue.send(bodies)
         except Exception as error:  # noqa: BLE001 - any adapter failure means "queue down"
-            self._queue_errors += 1
-            self._queue_down_until = self._clock() + self._backoff
-            log.warning("queue send failed (%s); retrying in %.1fs", error, self._backoff)
-            self._backoff = min(self._backoff * 2, self.max_retry_interval)
+            self._queue_failed(error)
             return False
-        self._queue_down_until = None
-        self._backoff = self.retry_interval
+        self._queue_answered()
         return True
 
-    def _send_or_keep(self, bodies: list[str]) -> None:
-        if self._send(bodies):
-            self._sent += len(bodies)
+    def _queue_failed(self, error: Exception) -> None:
+        self._queue_errors += 1
+        self._queue_down_until = self._clock() + self._backoff
+        log.warning("queue send failed (%s); retrying in %.1fs", error, self._backoff)
+        self._backoff = min(self._backoff * 2, self.max_retry_interval)
+
+    def _queue_answered(self) -> None:
+        self._queue_down_until = None
+        self._backoff = self.retry_interval
+
+    def _send_or_keep(self, records: list[Record]) -> None:
+        if self._sink is None:
+            bodies = bodies_of(records)
+            if self._send(bodies):
+                self._sent += len(bodies)
+            else:
+                self._keep(bodies)
+            return
+        try:
+            self._sink.send_records(records)
+        except Exception as error:  # noqa: BLE001 - any adapter failure means "queue down"
+            self._queue_failed(error)
+            # The bodies were made where the records went, unless that failed too.
+            self._keep(error.bodies if isinstance(error, UnsentRecords) else bodies_of(records))
         else:
-            self._keep(bodies)
+            self._queue_answered()
+            self._sent += len(records)
 
     def _keep(self, bodies: list[str]) -> None:
         """Spill ``bodies``; count them as dropped if even that fails."""

@@ -1,17 +1,21 @@
 """Turns one upstream call into its events and hands them to the publisher.
 
 Shared by the gateway, the ASGI middleware and the httpx hooks, so that all
-of them record the same events with the same redaction.
+of them record the same events with the same redaction. What it hands over
+are call records (:mod:`eventtrail.gateway.records`), made into events off
+the request path.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from eventtrail.calls import GATEWAY, call_error, call_request, call_response
+from eventtrail.calls import GATEWAY
 from eventtrail.gateway.config import Recording
 from eventtrail.gateway.publisher import Publisher
+from eventtrail.gateway.records import error_record, request_record, response_record
 from eventtrail.gateway.redact import Redactor
 from eventtrail.ids import uuid7_str
 
@@ -39,13 +43,13 @@ class CallRecorder:
     ) -> str:
         """Record the call about to be made; return its call id."""
         call_id = uuid7_str()
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] | None = None
         if (query := self.redactor.query(query_string)) is not None:
-            extra["query"] = query
+            extra = {"query": query}
         if self.redactor.request_headers and (picked := self.redactor.request_headers_of(headers)):
-            extra["requestHeaders"] = picked
-        self.publisher.publish(
-            call_request(request_id, call_id, service, method, path, source=self.source, **extra)
+            extra = (extra or {}) | {"requestHeaders": picked}
+        self.publisher.publish_record(
+            request_record(time.time_ns(), request_id, call_id, service, self.source, method, path, extra)
         )
         return call_id
 
@@ -62,20 +66,21 @@ class CallRecorder:
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """Record the answer (of any status) once its body went through."""
-        extra: dict[str, Any] = {}
+        extra = None
         if self.redactor.response_headers and (picked := self.redactor.response_headers_of(headers)):
-            extra["responseHeaders"] = picked
-        self.publisher.publish(
-            call_response(
+            extra = {"responseHeaders": picked}
+        self.publisher.publish_record(
+            response_record(
+                time.time_ns(),
                 request_id,
                 call_id,
                 service,
-                status=status,
-                latency_ms=latency_ms,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                source=self.source,
-                **extra,
+                self.source,
+                status,
+                latency_ms,
+                bytes_in,
+                bytes_out,
+                extra,
             )
         )
 
@@ -83,14 +88,6 @@ class CallRecorder:
         self, request_id: str, call_id: str, service: str, *, kind: str, elapsed_ms: float, detail: str = ""
     ) -> None:
         """Record a call that ended without a (complete) answer."""
-        self.publisher.publish(
-            call_error(
-                request_id,
-                call_id,
-                service,
-                error=kind,
-                elapsed_ms=elapsed_ms,
-                detail=detail,
-                source=self.source,
-            )
+        self.publisher.publish_record(
+            error_record(time.time_ns(), request_id, call_id, service, self.source, kind, elapsed_ms, detail)
         )
