@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test lint typecheck unit bench clean
+.PHONY: setup browser wrk demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("eventtrail needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -26,6 +26,10 @@ $(NODE_STAMP): package.json package-lock.json
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# The gateway benchmark's load generator (Debian's wrk).
+wrk:
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+
 setup: $(STAMP) $(NODE_STAMP)
 
 demo: setup
@@ -43,8 +47,14 @@ unit: setup browser
 
 test: lint typecheck unit
 
-bench: setup
+# Every benchmark: none needs more than this machine (the AWS ones count
+# requests on a moto server they start themselves).
+bench: setup wrk
 	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/queries.py
+	$(BIN)/python benchmarks/aws_requests.py
+	$(BIN)/python benchmarks/partition_load.py
+	$(BIN)/python benchmarks/gateway.py
 
 clean:
 	rm -rf $(VENV) node_modules .eventtrail .mypy_cache .ruff_cache .pytest_cache infra/.asset

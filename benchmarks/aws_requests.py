@@ -13,7 +13,8 @@ then consumed, so the queue never holds more than one round.
 - eventtrail, Lambda: the handler on SQS batches of ``--lambda-batch``
   records (the event source mapping's batch size); the mapping's own receive
   and delete requests are made by AWS and are not counted here.
-- article: one SendMessage per event, and its Lambda's one PutItem per record.
+- article: one SendMessage per event, and its Lambda's one PutItem per record
+  (the article's table and Lambda as ``tests/aws/article.py`` reproduces them).
 
 Targets (steady load): at most 0.1 SQS send requests and 0.04 DynamoDB write
 requests per event.
@@ -24,16 +25,13 @@ requests per event.
 from __future__ import annotations
 
 import argparse
-import json
-import socket
+import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
 
 from eventtrail.aws.dynamodb import DynamoDBStore
 from eventtrail.aws.lambda_handler import Runtime, logger
@@ -46,24 +44,17 @@ from eventtrail.event import Event, encode_event
 from eventtrail.ids import uuid7_str
 from eventtrail.worker import Worker
 
+# Run as a script: the repository's root makes the tests' local AWS server and
+# their reproduction of the article's design importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.aws.article import article_handler, article_table
+from tests.servers import moto_server
+
 SEND_TARGET = 0.1
 WRITE_TARGET = 0.04
 PUBLISHER_BATCH = 500  # the gateway publisher's default batch size
 SEND_OPERATIONS = {"SendMessage", "SendMessageBatch"}
 WRITE_OPERATIONS = {"PutItem", "BatchWriteItem"}
-
-
-@contextmanager
-def moto() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 class Counted:
@@ -99,26 +90,33 @@ def gateway_events(count: int) -> list[Event]:
     return events[:count]
 
 
-def make_queue(aws: Counted, name: str) -> SQSQueue:
+def our_queue_and_store(aws: Counted) -> tuple[SQSQueue, DynamoDBStore]:
+    """A new eventtrail queue (with its dead-letter queue) and table."""
+    name = f"bench-{uuid7_str()}"
     ensure_queues(aws.sqs, QueueSpec(name, f"{name}-dlq", 5, 30, 1024 * 1024))
     url = aws.sqs.get_queue_url(QueueName=name)["QueueUrl"]
     dlq_url = aws.sqs.get_queue_url(QueueName=f"{name}-dlq")["QueueUrl"]
-    return SQSQueue(aws.sqs, url, dlq_url, max_receives=5)
-
-
-def ours_worker(aws: Counted, rounds: int, per_round: int) -> tuple[int, Counter[str]]:
-    name = f"bench-{uuid7_str()}"
-    queue = make_queue(aws, name)
     ensure_table(aws.dynamodb, TableSpec(name, 8))
     store = DynamoDBStore(aws.dynamodb, name)
     store.index_shards  # noqa: B018 - read the table's tag once, before counting
+    return SQSQueue(aws.sqs, url, dlq_url, max_receives=5), store
+
+
+def publish_round(queue: SQSQueue, per_round: int) -> list[str]:
+    """One round of gateway events, sent the way the gateway's publisher sends them."""
+    bodies = [encode_event(event).decode() for event in gateway_events(per_round)]
+    for start in range(0, len(bodies), PUBLISHER_BATCH):
+        queue.send(bodies[start : start + PUBLISHER_BATCH])
+    return bodies
+
+
+def ours_worker(aws: Counted, rounds: int, per_round: int) -> tuple[int, Counter[str]]:
+    queue, store = our_queue_and_store(aws)
     worker = Worker(queue, Consumer(store), batch_size=1000, wait_seconds=0)
     aws.reset()
     total = 0
     for _ in range(rounds):
-        bodies = [encode_event(event).decode() for event in gateway_events(per_round)]
-        for start in range(0, len(bodies), PUBLISHER_BATCH):
-            queue.send(bodies[start : start + PUBLISHER_BATCH])
+        bodies = publish_round(queue, per_round)
         report = worker.run(drain=True)
         assert report.stored == len(bodies), report
         total += len(bodies)
@@ -126,18 +124,12 @@ def ours_worker(aws: Counted, rounds: int, per_round: int) -> tuple[int, Counter
 
 
 def ours_lambda(aws: Counted, rounds: int, per_round: int, batch: int) -> tuple[int, Counter[str]]:
-    name = f"bench-{uuid7_str()}"
-    queue = make_queue(aws, name)
-    ensure_table(aws.dynamodb, TableSpec(name, 8))
-    store = DynamoDBStore(aws.dynamodb, name)
-    store.index_shards  # noqa: B018
+    queue, store = our_queue_and_store(aws)
     runtime = Runtime(Settings(backend="aws"), store=store, sqs=aws.sqs, dlq_url=queue.dlq_url)
     aws.reset()
     total = 0
     for _ in range(rounds):
-        bodies = [encode_event(event).decode() for event in gateway_events(per_round)]
-        for start in range(0, len(bodies), PUBLISHER_BATCH):
-            queue.send(bodies[start : start + PUBLISHER_BATCH])
+        bodies = publish_round(queue, per_round)
         for start in range(0, len(bodies), batch):
             records = [
                 {"messageId": f"m{start + n}", "body": body, "attributes": {}}
@@ -153,52 +145,18 @@ def ours_lambda(aws: Counted, rounds: int, per_round: int, batch: int) -> tuple[
 
 
 def article(aws: Counted, rounds: int, per_round: int) -> tuple[int, Counter[str]]:
-    name = f"article-{uuid7_str()}"
-    url = aws.sqs.create_queue(QueueName=name)["QueueUrl"]
-    aws.dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": a, "AttributeType": "S"} for a in ("RequestId", "Timestamp", "Type", "Source")
-        ],
-        KeySchema=[
-            {"AttributeName": "RequestId", "KeyType": "HASH"},
-            {"AttributeName": "Timestamp", "KeyType": "RANGE"},
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": f"{a}-Index",
-                "KeySchema": [
-                    {"AttributeName": a, "KeyType": "HASH"},
-                    {"AttributeName": "Timestamp", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-            for a in ("Type", "Source")
-        ],
-    )
-    aws.reset()
-    total = 0
-    for _ in range(rounds):
-        for event in gateway_events(per_round):
-            body = encode_event(event).decode()
-            # `aws sqs send-message` per event, then the Lambda's PutItem per record.
-            aws.sqs.send_message(QueueUrl=url, MessageBody=body)
-            message = json.loads(body)
-            data = {k: {"S": str(v)} for k, v in message["data"].items() if v}
-            aws.dynamodb.put_item(
-                TableName=name,
-                Item={
-                    "RequestId": {"S": message["requestId"]},
-                    "Timestamp": {"S": message["timestamp"]},
-                    "Data": {"M": data},
-                    "Id": {"S": message["id"]},
-                    "Type": {"S": message["type"]},
-                    "Source": {"S": message["source"]},
-                },
-            )
-            total += 1
-    counted = aws.reset()
+    url = aws.sqs.create_queue(QueueName=f"article-{uuid7_str()}")["QueueUrl"]
+    with article_table(aws.dynamodb) as table:
+        aws.reset()
+        total = 0
+        for _ in range(rounds):
+            for event in gateway_events(per_round):
+                body = encode_event(event).decode()
+                # `aws sqs send-message` per event, then the Lambda's PutItem per record.
+                aws.sqs.send_message(QueueUrl=url, MessageBody=body)
+                article_handler(aws.dynamodb, table, {"Records": [{"body": body}]})
+                total += 1
+        counted = aws.reset()
     aws.sqs.purge_queue(QueueUrl=url)
     aws.reset()
     return total, counted
@@ -222,8 +180,8 @@ def main() -> None:
     parser.add_argument("--lambda-batch", type=int, nargs="+", default=[10, 100])
     args = parser.parse_args()
     logger.setLevel("WARNING")  # the handler's per-batch JSON lines are not the point here
-    with moto() as url:
-        aws = Counted(url)
+    with moto_server() as moto:
+        aws = Counted(moto.url)
         rows = [row("eventtrail, worker", *ours_worker(aws, args.rounds, args.per_round))]
         for batch in args.lambda_batch:
             rows.append(

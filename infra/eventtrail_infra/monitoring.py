@@ -32,29 +32,34 @@ class Alarms(Construct):
         topic_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.dead_letters = dead_letter_queue.metric_approximate_number_of_messages_visible(
-            period=Duration.minutes(1), statistic=cloudwatch.Stats.MAXIMUM
-        ).create_alarm(
-            self,
+        self.dead_letters = self._alarm_on_any(
             "DeadLetters",
-            alarm_description="Events wait in the dead-letter queue: inspect them with `eventtrail dlq list`",
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            dead_letter_queue.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(1), statistic=cloudwatch.Stats.MAXIMUM
+            ),
+            "Events wait in the dead-letter queue: inspect them with `eventtrail dlq list`",
         )
-        self.function_errors = function.metric_errors(
-            period=Duration.minutes(5), statistic=cloudwatch.Stats.SUM
-        ).create_alarm(
-            self,
+        self.function_errors = self._alarm_on_any(
             "FunctionErrors",
-            alarm_description="The consumer function failed whole invocations",
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            function.metric_errors(period=Duration.minutes(5), statistic=cloudwatch.Stats.SUM),
+            "The consumer function failed whole invocations",
         )
         if topic_arn is not None:
             action = cloudwatch_actions.SnsAction(sns.Topic.from_topic_arn(self, "Topic", topic_arn))
             for alarm in (self.dead_letters, self.function_errors):
                 alarm.add_alarm_action(action)
+
+    def _alarm_on_any(
+        self, construct_id: str, metric: cloudwatch.Metric, description: str
+    ) -> cloudwatch.Alarm:
+        """An alarm as soon as one period of ``metric`` reaches 1; no data
+        means nothing happened."""
+        return metric.create_alarm(
+            self,
+            construct_id,
+            alarm_description=description,
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )

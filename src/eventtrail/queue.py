@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Self
 
 import msgspec
@@ -51,6 +52,17 @@ class DeadLetter:
     receive_count: int
     sent_at: float
     failed_at: float
+
+    def to_document(self) -> dict[str, object]:
+        """The JSON form that ``dlq list --json`` and the HTTP API both show."""
+        return {
+            "id": self.id,
+            "reason": self.reason,
+            "receiveCount": self.receive_count,
+            "sentAt": datetime.fromtimestamp(self.sent_at).astimezone().isoformat(),
+            "failedAt": datetime.fromtimestamp(self.failed_at).astimezone().isoformat(),
+            "body": self.body,
+        }
 
 
 @dataclass(frozen=True, slots=True)

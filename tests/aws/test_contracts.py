@@ -65,57 +65,51 @@ def dynamodb_table(aws: Aws, *, index_shards: int = 4) -> Iterator[DynamoDBStore
             client.delete_table(TableName=name)
 
 
-class TestSQSQueueOnMoto(QueueContract):
+class SQSContract(QueueContract):
+    #: The name of the fixture (tests/aws/conftest.py) of the endpoint the queues live on.
+    endpoint: str
+
     @pytest.fixture
-    def make_queue(self, moto: Aws) -> Iterator[QueueFactory]:
-        with sqs_queues(moto) as make:
+    def make_queue(self, request: pytest.FixtureRequest) -> Iterator[QueueFactory]:
+        with sqs_queues(request.getfixturevalue(self.endpoint)) as make:
             yield make
 
 
-class TestSQSQueueOnRealAws(QueueContract):
-    @pytest.fixture
-    def make_queue(self, real_aws: Aws) -> Iterator[QueueFactory]:
-        with sqs_queues(real_aws) as make:
-            yield make
+class TestSQSQueueOnMoto(SQSContract):
+    endpoint = "moto"
+
+
+class TestSQSQueueOnRealAws(SQSContract):
+    endpoint = "real_aws"
 
 
 class DynamoDBContract(StoreContract):
     detects_id_conflicts = False
     purges_on_demand = False
     reports_duplicates = False
+    #: The name of the fixture (tests/aws/conftest.py) of the endpoint the table lives on.
+    endpoint: str
 
+    # The tests share one table per endpoint (they use fresh ids): a table
+    # takes a while to create on real AWS.
+    @pytest.fixture(scope="class")
+    @classmethod
+    def table(cls, request: pytest.FixtureRequest) -> Iterator[DynamoDBStore]:
+        with dynamodb_table(request.getfixturevalue(cls.endpoint)) as store:
+            yield store
 
-@pytest.fixture(scope="module")
-def moto_table(moto: Aws) -> Iterator[DynamoDBStore]:
-    with dynamodb_table(moto) as store:
-        yield store
+    @pytest.fixture
+    def store(self, table: DynamoDBStore) -> DynamoDBStore:
+        return table
 
 
 class TestDynamoDBStoreOnMoto(DynamoDBContract):
-    @pytest.fixture
-    def store(self, moto_table: DynamoDBStore) -> DynamoDBStore:
-        return moto_table
-
-
-@pytest.fixture(scope="module")
-def dynalite_table(dynalite: Aws) -> Iterator[DynamoDBStore]:
-    with dynamodb_table(dynalite) as store:
-        yield store
+    endpoint = "moto"
 
 
 class TestDynamoDBStoreOnDynalite(DynamoDBContract):
-    @pytest.fixture
-    def store(self, dynalite_table: DynamoDBStore) -> DynamoDBStore:
-        return dynalite_table
-
-
-@pytest.fixture(scope="module")
-def real_aws_table(real_aws: Aws) -> Iterator[DynamoDBStore]:
-    with dynamodb_table(real_aws) as store:
-        yield store
+    endpoint = "dynalite"
 
 
 class TestDynamoDBStoreOnRealAws(DynamoDBContract):
-    @pytest.fixture
-    def store(self, real_aws_table: DynamoDBStore) -> DynamoDBStore:
-        return real_aws_table
+    endpoint = "real_aws"

@@ -1,7 +1,8 @@
 """The whole pipeline on moto's server through real ``eventtrail`` processes:
 send to SQS, ``worker --backend aws --drain``, ``flow --json`` from DynamoDB,
-and a message that keeps failing reaching the DLQ through the redrive policy,
-then coming back with ``dlq redrive`` once the cause is fixed."""
+``purge`` leaving retention to the table's TTL, and a message that keeps
+failing reaching the DLQ through the redrive policy, then coming back with
+``dlq redrive`` once the cause is fixed."""
 
 from __future__ import annotations
 
@@ -78,6 +79,12 @@ def test_send_worker_flow_and_dead_letters(moto: Aws, tmp_path: Path) -> None:
     assert flow == json.loads(
         b"[" + b",".join(encode_event(e) for e in sorted(events, key=lambda e: (e.timestamp, e.id))) + b"]"
     )
+    # Old events leave through the table's TTL: purge deletes nothing and says so.
+    purged = cli.with_settings(retention_days="30")("purge", "--older-than", "1d")
+    said = " ".join(purged.stderr.split())
+    assert "through the table's TTL" in said and "retention_days = 30" in said
+    assert "purged 0" not in said
+    assert cli.json("flow", request.request_id, "--json") == flow
     (letter,) = cli.json("dlq", "list", "--json")
     assert letter["body"] == "{not json" and "not valid JSON" in letter["reason"]
 

@@ -23,6 +23,7 @@ from eventtrail.config import Settings
 from eventtrail.event import Event, encode_event
 from eventtrail.store import AppendResult, AppendStatus, Store
 from tests.aws.conftest import Aws
+from tests.aws.lambda_events import sqs_event_of
 from tests.aws.test_contracts import dynamodb_table, make_sqs_queue
 from tests.contract.store_contract import make_event
 
@@ -62,22 +63,7 @@ def sqs_event(queue: SQSQueue, bodies: Sequence[str]) -> dict[str, Any]:
     arn = queue.client.get_queue_attributes(QueueUrl=queue.queue_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
-    return {
-        "Records": [
-            {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": message["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": message["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-                "awsRegion": "us-east-1",
-            }
-            for message in raw
-        ]
-    }
+    return sqs_event_of(raw, arn)
 
 
 def message_id_of(event: dict[str, Any], body: str) -> str:

@@ -23,6 +23,7 @@ import pytest
 
 from eventtrail.aws.schema import INDEX_SHARDS_TAG
 from eventtrail.ids import uuid7_str
+from tests.aws.lambda_events import sqs_event_of
 from tests.cli import run
 from tests.infra.conftest import DEV_CONTEXT, ROOT, Synthesized
 from tests.infra.lambda_runtime import find_runtime_python, install_boto3, invoke
@@ -156,26 +157,6 @@ def test_stack_creates_the_resources_it_declares(deployed: Deployed) -> None:
     assert mapping["BatchSize"] == int(DEV_CONTEXT["batch_size"])
 
 
-def _sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
-    """The event the SQS event source gives the function for these messages."""
-    return {
-        "Records": [
-            {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": message["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": message["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": REGION,
-            }
-            for message in messages
-        ]
-    }
-
-
 @pytest.fixture(scope="module")
 def runtime_python() -> str:
     python = find_runtime_python()
@@ -264,7 +245,7 @@ def test_pipeline_runs_on_the_deployed_stack(
         "AWS_ENDPOINT_URL": deployed.endpoint,
         "AWS_LAMBDA_FUNCTION_NAME": function["FunctionName"],
     }
-    output = invoke(runtime_python, asset, boto3_dir, _sqs_event(messages, queue_arn), environment)
+    output = invoke(runtime_python, asset, boto3_dir, sqs_event_of(messages, queue_arn), environment)
     assert Path(output["package"]).resolve().is_relative_to(asset.resolve())
     assert output["response"] == {"batchItemFailures": []}
     for message in messages:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from eventtrail.cli.common import ConfigFile, console, settings_from
+from eventtrail.cli.common import ConfigFile, MaxReceives, console, settings_from
 
 __all__ = ["app"]
 
@@ -21,14 +21,7 @@ app = typer.Typer(help="The AWS backend: set up SQS and DynamoDB for eventtrail.
 
 @app.command()
 def init(
-    max_receives: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Receives before SQS moves a failing message to the DLQ. [default: 5]",
-            show_default=False,
-        ),
-    ] = None,
+    max_receives: MaxReceives = None,
     index_shards: Annotated[
         int | None,
         typer.Option(

@@ -17,6 +17,7 @@ __all__ = [
     "Backend",
     "ConfigFile",
     "DataDir",
+    "MaxReceives",
     "UsageError",
     "console",
     "err_console",
@@ -55,6 +56,12 @@ ConfigFile = Annotated[
         "--config-file",
         help="Settings file (TOML). [env: EVENTTRAIL_CONFIG; default: ./eventtrail.toml if present]",
         show_default=False,
+    ),
+]
+MaxReceives = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Receives before a failing message is dead-lettered. [default: 5]", show_default=False
     ),
 ]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -20,24 +19,13 @@ from eventtrail.cli.common import (
 )
 from eventtrail.cli.render import dead_letters_table
 from eventtrail.config import open_queue
-from eventtrail.queue import DeadLetter, UnknownDeadLetter
+from eventtrail.queue import UnknownDeadLetter
 
 __all__ = ["app"]
 
 app = typer.Typer(
     help="Inspect and redrive dead letters: messages that could not be stored.", no_args_is_help=True
 )
-
-
-def _document(letter: DeadLetter) -> dict[str, object]:
-    return {
-        "id": letter.id,
-        "reason": letter.reason,
-        "receiveCount": letter.receive_count,
-        "sentAt": datetime.fromtimestamp(letter.sent_at).astimezone().isoformat(),
-        "failedAt": datetime.fromtimestamp(letter.failed_at).astimezone().isoformat(),
-        "body": letter.body,
-    }
 
 
 @app.command("list")
@@ -53,7 +41,7 @@ def list_(
     with open_queue(settings) as queue:
         letters = queue.dead_letters(limit)
     if as_json:
-        write_json(msgspec.json.encode([_document(letter) for letter in letters]))
+        write_json(msgspec.json.encode([letter.to_document() for letter in letters]))
     elif letters:
         console.print(dead_letters_table(letters))
     else:
@@ -74,7 +62,7 @@ def show(
             letter = queue.get_dead_letter(message_id)
         except UnknownDeadLetter as error:
             raise UsageError(str(error)) from None
-    document = _document(letter)
+    document = letter.to_document()
     body = document.pop("body")
     for key, value in document.items():
         console.print(f"[bold]{key}:[/] {value}", markup=True, soft_wrap=True)

@@ -16,6 +16,7 @@ from eventtrail.cli.common import (
     Backend,
     ConfigFile,
     DataDir,
+    MaxReceives,
     UsageError,
     console,
     err_console,
@@ -61,12 +62,7 @@ def worker(
             min=0.1, help="Seconds a batch stays hidden from other workers. [default: 30]", show_default=False
         ),
     ] = None,
-    max_receives: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Receives before a failing message is dead-lettered. [default: 5]", show_default=False
-        ),
-    ] = None,
+    max_receives: MaxReceives = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log only problems.")] = False,
     backend: Backend = None,
     data_dir: DataDir = None,
@@ -133,18 +129,36 @@ def purge(
     data_dir: DataDir = None,
     config_file: ConfigFile = None,
 ) -> None:
-    """Delete events past the retention period (run it periodically, e.g. from cron)."""
+    """Delete events past the retention period (run it periodically, e.g. from cron).
+
+    On AWS there is nothing to run: the DynamoDB table's TTL deletes events
+    retention_days after their time."""
     settings = settings_from(backend, data_dir, config_file)
-    if older_than is not None:
-        try:
-            age = parse_duration(older_than)
-        except ValueError as error:
-            raise UsageError(f"--older-than: {error}") from None
-    elif settings.retention_days is not None:
+    try:
+        age = parse_duration(older_than) if older_than is not None else None
+    except ValueError as error:
+        raise UsageError(f"--older-than: {error}") from None
+    if settings.backend == "aws":
+        err_console.print(_aws_retention(settings.retention_days))
+        return
+    if age is None:
+        if settings.retention_days is None:
+            raise UsageError("give --older-than or set EVENTTRAIL_RETENTION_DAYS")
         age = timedelta(days=settings.retention_days)
-    else:
-        raise UsageError("give --older-than or set EVENTTRAIL_RETENTION_DAYS")
     cutoff = datetime.now(UTC) - age
     with open_store(settings) as store:
         removed = store.purge(cutoff)
     err_console.print(f"purged {removed} events older than {cutoff.isoformat(timespec='seconds')}")
+
+
+def _aws_retention(retention_days: float | None) -> str:
+    """What ``purge`` says on AWS, where the table's TTL deletes old events."""
+    expiry = (
+        "retention_days is not set, so events stored with these settings never expire"
+        if retention_days is None
+        else f"retention_days = {retention_days:g}: events expire {retention_days:g} days after their time"
+    )
+    return (
+        "nothing purged: on AWS, DynamoDB deletes old events itself through the table's TTL"
+        f" (ExpiresAt, set from the retention_days setting when an event is stored); {expiry}"
+    )

@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eventtrail.health import HealthThresholds, service_health
-from eventtrail.queue import DeadLetter, Queue, QueueError
+from eventtrail.queue import Queue, QueueError
 from eventtrail.store import InvalidCursor, Store, StoreError, TransientStoreError
 from eventtrail.times import parse_duration, parse_moment
 from eventtrail.web.openapi import openapi_document
@@ -119,17 +119,6 @@ class Parameters:
 def _range(since: datetime | None, until: datetime | None) -> None:
     if since and until and since >= until:
         raise BadParameter("since: must be before until")
-
-
-def _dead_letter(letter: DeadLetter) -> dict[str, object]:
-    return {
-        "id": letter.id,
-        "reason": letter.reason,
-        "receiveCount": letter.receive_count,
-        "sentAt": datetime.fromtimestamp(letter.sent_at).astimezone().isoformat(),
-        "failedAt": datetime.fromtimestamp(letter.failed_at).astimezone().isoformat(),
-        "body": letter.body,
-    }
 
 
 def _json_endpoint(handler: Callable[[Request], Any]) -> Callable[[Request], Response]:
@@ -244,7 +233,7 @@ def build_app(
         limit = query.integer("limit", 100, low=1, high=1000)
         if queue is None:
             return _error(503, "no queue is configured for this server")
-        return {"deadLetters": [_dead_letter(letter) for letter in queue.dead_letters(limit)]}
+        return {"deadLetters": [letter.to_document() for letter in queue.dead_letters(limit)]}
 
     def ui_settings(request: Request) -> Any:
         Parameters(request, set())
