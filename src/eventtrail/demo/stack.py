@@ -104,9 +104,9 @@ class DemoStack:
         return self._gateway.url
 
     def start(self) -> Self:
-        # The UI first: its port is the one a user chose, the likeliest to be taken.
-        self._ui.start()
         try:
+            # The UI first: its port is the one a user chose, the likeliest to be taken.
+            self._ui.start()
             for service in self._services:
                 service.start()
             config = gateway_config(self._services[0].url, self._services[1].url)
