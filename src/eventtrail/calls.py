@@ -23,7 +23,10 @@ __all__ = [
     "call_error",
     "call_request",
     "call_response",
+    "error_data",
     "moment_of_ns",
+    "request_data",
+    "response_data",
     "service_of",
 ]
 
@@ -86,7 +89,7 @@ def call_request(
     **extra: Any,
 ) -> Event:
     """Before the call. ``Name`` keeps the reference article's field."""
-    data = {"Name": service, "callId": call_id, "method": method, "path": path, **extra}
+    data = request_data(service, call_id, method, path, extra)
     return _event(REQUEST, request_id, data, source, timestamp, event_id)
 
 
@@ -105,15 +108,7 @@ def call_response(
     **extra: Any,
 ) -> Event:
     """After the call returned a response (of any status)."""
-    data = {
-        "Name": service,
-        "callId": call_id,
-        "status": status,
-        "latencyMs": round(latency_ms, 3),
-        "bytesIn": bytes_in,
-        "bytesOut": bytes_out,
-        **extra,
-    }
+    data = response_data(service, call_id, status, latency_ms, bytes_in, bytes_out, extra)
     return _event(RESPONSE, request_id, data, source, timestamp, event_id)
 
 
@@ -131,16 +126,55 @@ def call_error(
     **extra: Any,
 ) -> Event:
     """The call failed without a response: ``error`` is one of ERROR_KINDS."""
+    data = error_data(service, call_id, error, elapsed_ms, detail, extra)
+    return _event(ERROR, request_id, data, source, timestamp, event_id)
+
+
+# The ``data`` of each kind of event, for those who build events without the
+# helpers above (the gateway's call records).
+
+
+def request_data(
+    service: str, call_id: str, method: str, path: str, extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    data = {"Name": service, "callId": call_id, "method": method, "path": path}
+    return data | extra if extra else data
+
+
+def response_data(
+    service: str,
+    call_id: str,
+    status: int,
+    latency_ms: float,
+    bytes_in: int,
+    bytes_out: int,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
     data = {
+        "Name": service,
+        "callId": call_id,
+        "status": status,
+        "latencyMs": round(latency_ms, 3),
+        "bytesIn": bytes_in,
+        "bytesOut": bytes_out,
+    }
+    return data | extra if extra else data
+
+
+def error_data(
+    service: str, call_id: str, error: str, elapsed_ms: float, detail: str, extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "Name": service,
         "callId": call_id,
         "error": error,
         "elapsedMs": round(elapsed_ms, 3),
-        **extra,
     }
+    if extra:
+        data |= extra
     if detail:
         data["detail"] = detail
-    return _event(ERROR, request_id, data, source, timestamp, event_id)
+    return data
 
 
 def service_of(event: Event) -> str | None:

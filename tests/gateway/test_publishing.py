@@ -20,9 +20,15 @@ from eventtrail.embedded.queue import SQLiteQueue
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.gateway.offload import ProcessQueue
 from eventtrail.gateway.publisher import Publisher
-from eventtrail.gateway.records import UnsentRecords, bodies_of, error_record, request_record
+from eventtrail.gateway.records import (
+    UnsentRecords,
+    bodies_of,
+    call_id_of,
+    error_record,
+    new_call,
+    request_record,
+)
 from eventtrail.gateway.spill import SpillFile
-from eventtrail.ids import uuid7_str
 from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats
 from eventtrail.worker import Worker
 from tests.gateway.conftest import GatewayFactory, queued_events
@@ -216,12 +222,11 @@ def _break_queue_file(path: Path, broken: bool) -> None:
 
 def test_the_queue_process_makes_the_bodies_and_returns_those_it_could_not_send(tmp_path: Path) -> None:
     settings = load_settings({"backend": "local", "data_dir": str(tmp_path)}, environ={})
-    call_id = uuid7_str()
+    call = new_call(1_700_000_000_123_456_789)
+    call_id = call_id_of(call)
     records = [
-        request_record(
-            1_700_000_000_123_456_789, "r1", call_id, "S", "Gateway", "GET", "/x", {"query": "a=1"}
-        ),
-        error_record(1_700_000_000_223_456_789, "r1", call_id, "S", "Gateway", "timeout", 100.0, "no answer"),
+        request_record(1_700_000_000_123_456_789, "r1", call, "S", "Gateway", "GET", "/x", {"query": "a=1"}),
+        error_record(1_700_000_000_223_456_789, "r1", call, "S", "Gateway", "timeout", 100.0, "no answer"),
     ]
     queue = ProcessQueue(settings)
     try:

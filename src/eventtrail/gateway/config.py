@@ -122,7 +122,7 @@ class PublisherSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
     buffer_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     """Events held in memory; past it, events are counted as dropped."""
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
     """Events per queue send."""
     flush_interval: _Seconds = 0.05
     """Seconds an event may wait in the buffer before its batch is sent."""

@@ -25,6 +25,7 @@ from eventtrail.gateway.config import Recording
 from eventtrail.gateway.proxy import Receive, Scope, Send
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.recorder import CallRecorder
+from eventtrail.gateway.records import Call
 from eventtrail.gateway.requestid import request_id_from_headers
 from eventtrail.ids import uuid7_str
 
@@ -67,7 +68,7 @@ class EventTrailMiddleware:
         request_id = request_id_from_headers(raw_headers)
         token = current_request_id.set(request_id)
         recorder = self.recorder
-        call_id = recorder.request(
+        call = recorder.request(
             request_id,
             self.service,
             scope["method"],
@@ -106,7 +107,7 @@ class EventTrailMiddleware:
         except Exception as error:
             recorder.error(
                 request_id,
-                call_id,
+                call,
                 self.service,
                 kind="error",
                 elapsed_ms=(time.perf_counter() - started) * 1000,
@@ -116,7 +117,7 @@ class EventTrailMiddleware:
         else:
             recorder.response(
                 request_id,
-                call_id,
+                call,
                 self.service,
                 status=status,
                 latency_ms=(time.perf_counter() - started) * 1000,
@@ -150,7 +151,7 @@ class HttpxHooks:
     ) -> None:
         self.recorder = CallRecorder(publisher, recording, source=source)
         self._service = service
-        self._calls: weakref.WeakKeyDictionary[httpx.Request, tuple[str, str, str, float]] = (
+        self._calls: weakref.WeakKeyDictionary[httpx.Request, tuple[str, Call, str, float]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -164,20 +165,20 @@ class HttpxHooks:
         request.headers["X-Request-Id"] = request_id
         service = self._service_of(request)
         target = urlsplit(str(request.url))
-        call_id = self.recorder.request(
+        call = self.recorder.request(
             request_id, service, request.method, target.path or "/", target.query, request.headers.raw
         )
-        self._calls[request] = (request_id, call_id, service, time.perf_counter())
+        self._calls[request] = (request_id, call, service, time.perf_counter())
 
     def on_response(self, response: httpx.Response) -> None:
-        call = self._calls.pop(response.request, None)
-        if call is None:
+        pending = self._calls.pop(response.request, None)
+        if pending is None:
             return
-        request_id, call_id, service, started = call
+        request_id, call, service, started = pending
         declared = response.headers.get("content-length", "0")
         self.recorder.response(
             request_id,
-            call_id,
+            call,
             service,
             status=response.status_code,
             latency_ms=(time.perf_counter() - started) * 1000,
@@ -188,10 +189,10 @@ class HttpxHooks:
 
     def failed(self, request: httpx.Request, error: BaseException) -> None:
         """Record a call that ended with ``error`` and no response."""
-        call = self._calls.pop(request, None)
-        if call is None:
+        pending = self._calls.pop(request, None)
+        if pending is None:
             return
-        request_id, call_id, service, started = call
+        request_id, call, service, started = pending
         import httpx as _httpx
 
         if isinstance(error, _httpx.TimeoutException):
@@ -204,7 +205,7 @@ class HttpxHooks:
             kind = "error"
         self.recorder.error(
             request_id,
-            call_id,
+            call,
             service,
             kind=kind,
             elapsed_ms=(time.perf_counter() - started) * 1000,

@@ -212,9 +212,9 @@ class GatewayApp:
         method: str = scope["method"]
         service = route.service
         recorder = self.recorder
-        call_id = ""
+        call = 0
         if recorder is not None:
-            call_id = recorder.request(
+            call = recorder.request(
                 request_id, service, method, rest, query.decode("latin-1"), scope["headers"]
             )
         bytes_in = 0
@@ -243,7 +243,7 @@ class GatewayApp:
                 if recorder is not None:
                     recorder.error(
                         request_id,
-                        call_id,
+                        call,
                         service,
                         kind="error",
                         elapsed_ms=0.0,
@@ -287,7 +287,7 @@ class GatewayApp:
                 elapsed = (time.perf_counter() - started) * 1000
                 recorder.error(
                     request_id,
-                    call_id,
+                    call,
                     service,
                     kind="error",
                     elapsed_ms=elapsed,
@@ -300,7 +300,7 @@ class GatewayApp:
             self.metrics.count(service, kind)
             if recorder is not None:
                 recorder.error(
-                    request_id, call_id, service, kind=kind, elapsed_ms=elapsed, detail=_detail(error)
+                    request_id, call, service, kind=kind, elapsed_ms=elapsed, detail=_detail(error)
                 )
             if response_started:
                 # Too late for a 502: the status went out. Cut the connection
@@ -315,7 +315,7 @@ class GatewayApp:
         if recorder is not None:
             recorder.response(
                 request_id,
-                call_id,
+                call,
                 service,
                 status=status,
                 latency_ms=(time.perf_counter() - started) * 1000,

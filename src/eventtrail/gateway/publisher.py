@@ -59,7 +59,7 @@ class Publisher:
         spill: SpillFile | None = None,
         *,
         buffer_size: int = 100_000,
-        batch_size: int = 500,
+        batch_size: int = 200,
         flush_interval: float = 0.05,
         retry_interval: float = 1.0,
         max_retry_interval: float = 15.0,

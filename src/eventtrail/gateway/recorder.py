@@ -15,9 +15,8 @@ from typing import Any
 from eventtrail.calls import GATEWAY
 from eventtrail.gateway.config import Recording
 from eventtrail.gateway.publisher import Publisher
-from eventtrail.gateway.records import error_record, request_record, response_record
+from eventtrail.gateway.records import Call, error_record, new_call, request_record, response_record
 from eventtrail.gateway.redact import Redactor
-from eventtrail.ids import uuid7_str
 
 __all__ = ["CallRecorder"]
 
@@ -40,23 +39,24 @@ class CallRecorder:
         path: str,
         query_string: str = "",
         headers: Iterable[tuple[bytes, bytes]] = (),
-    ) -> str:
-        """Record the call about to be made; return its call id."""
-        call_id = uuid7_str()
+    ) -> Call:
+        """Record the call about to be made; return the call, for :meth:`response` or :meth:`error`."""
+        now = time.time_ns()
+        call = new_call(now)
         extra: dict[str, Any] | None = None
         if (query := self.redactor.query(query_string)) is not None:
             extra = {"query": query}
         if self.redactor.request_headers and (picked := self.redactor.request_headers_of(headers)):
             extra = (extra or {}) | {"requestHeaders": picked}
         self.publisher.publish_record(
-            request_record(time.time_ns(), request_id, call_id, service, self.source, method, path, extra)
+            request_record(now, request_id, call, service, self.source, method, path, extra)
         )
-        return call_id
+        return call
 
     def response(
         self,
         request_id: str,
-        call_id: str,
+        call: Call,
         service: str,
         *,
         status: int,
@@ -73,7 +73,7 @@ class CallRecorder:
             response_record(
                 time.time_ns(),
                 request_id,
-                call_id,
+                call,
                 service,
                 self.source,
                 status,
@@ -85,9 +85,9 @@ class CallRecorder:
         )
 
     def error(
-        self, request_id: str, call_id: str, service: str, *, kind: str, elapsed_ms: float, detail: str = ""
+        self, request_id: str, call: Call, service: str, *, kind: str, elapsed_ms: float, detail: str = ""
     ) -> None:
         """Record a call that ended without a (complete) answer."""
         self.publisher.publish_record(
-            error_record(time.time_ns(), request_id, call_id, service, self.source, kind, elapsed_ms, detail)
+            error_record(time.time_ns(), request_id, call, service, self.source, kind, elapsed_ms, detail)
         )

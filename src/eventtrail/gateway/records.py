@@ -3,7 +3,8 @@
 Building a call's two events (ids, timestamps, structs, ``data`` dicts) and
 encoding them cost the gateway about 13 µs of CPU per call on its event loop,
 the one thread every proxied request waits for. A record is a plain tuple of
-what the call's events will say, stamped with the clock: making it costs a
+what the call's events will say, stamped with the clock, and a call is an
+int (:func:`new_call`) from which its UUID is made later: making them costs a
 fraction of that, and :func:`bodies_of` turns a batch of records into
 message bodies wherever that is cheapest: in the queue's own process when
 the queue runs in one (:mod:`eventtrail.gateway.offload`), else on the
@@ -13,21 +14,35 @@ helpers make at the moment of the call.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+import os
+import random
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from eventtrail.calls import call_error, call_request, call_response, moment_of_ns
+from eventtrail.calls import (
+    ERROR,
+    REQUEST,
+    RESPONSE,
+    error_data,
+    moment_of_ns,
+    request_data,
+    response_data,
+)
 from eventtrail.event import Event, encode_event
 from eventtrail.ids import uuid_str
 from eventtrail.queue import QueueError
 
 __all__ = [
+    "Call",
     "Record",
     "RecordSink",
     "UnsentRecords",
     "bodies_of",
+    "call_id_of",
     "encoded",
     "error_record",
+    "new_call",
     "request_record",
     "response_record",
 ]
@@ -42,11 +57,50 @@ _ENCODED = 3
 #: collector soon stops tracking it); build one with the functions below.
 Record = tuple[Any, ...]
 
+#: One upstream call: the millisecond it started and a number no other call
+#: of this process has, in one int. :func:`call_id_of` makes its UUID.
+Call = int
+
+# A UUIDv7 has 74 bits that are neither time, version nor variant: the call's
+# number takes 72, and the last 2 tell the call's events apart (_event_id).
+_NUMBER_BITS = 72
+_NUMBER_MASK = (1 << _NUMBER_BITS) - 1
+_RAND_B_MASK = (1 << 62) - 1
+_numbers: Iterator[int]
+
+
+def _restart_numbers() -> None:
+    global _numbers
+    # A random start, so that the calls of two processes (or runs) never
+    # share a number; a forked child starts anew.
+    _numbers = itertools.count(random.getrandbits(_NUMBER_BITS))
+
+
+_restart_numbers()
+os.register_at_fork(after_in_child=_restart_numbers)
+
+
+def new_call(unix_ns: int) -> Call:
+    """A call starting at ``unix_ns``."""
+    return ((unix_ns // 1_000_000) << _NUMBER_BITS) | (next(_numbers) & _NUMBER_MASK)
+
+
+def call_id_of(call: Call) -> str:
+    """The call's id: a UUIDv7 of its start millisecond and its number."""
+    low = (call & _NUMBER_MASK) << 2
+    return uuid_str(
+        ((call >> _NUMBER_BITS) << 80)
+        | (0x7 << 76)
+        | ((low >> 62) << 64)
+        | (0b10 << 62)
+        | (low & _RAND_B_MASK)
+    )
+
 
 def request_record(
     unix_ns: int,
     request_id: str,
-    call_id: str,
+    call: Call,
     service: str,
     source: str,
     method: str,
@@ -54,13 +108,13 @@ def request_record(
     extra: dict[str, Any] | None,
 ) -> Record:
     """A ``MICROSERVICE_REQUEST`` event, at ``unix_ns``."""
-    return (_REQUEST, unix_ns, request_id, call_id, service, source, method, path, extra)
+    return (_REQUEST, unix_ns, request_id, call, service, source, method, path, extra)
 
 
 def response_record(
     unix_ns: int,
     request_id: str,
-    call_id: str,
+    call: Call,
     service: str,
     source: str,
     status: int,
@@ -74,7 +128,7 @@ def response_record(
         _RESPONSE,
         unix_ns,
         request_id,
-        call_id,
+        call,
         service,
         source,
         status,
@@ -88,7 +142,7 @@ def response_record(
 def error_record(
     unix_ns: int,
     request_id: str,
-    call_id: str,
+    call: Call,
     service: str,
     source: str,
     kind: str,
@@ -96,7 +150,7 @@ def error_record(
     detail: str,
 ) -> Record:
     """A ``MICROSERVICE_ERROR`` event, at ``unix_ns``."""
-    return (_ERROR, unix_ns, request_id, call_id, service, source, kind, elapsed_ms, detail)
+    return (_ERROR, unix_ns, request_id, call, service, source, kind, elapsed_ms, detail)
 
 
 def encoded(event: Event) -> Record:
@@ -104,64 +158,45 @@ def encoded(event: Event) -> Record:
     return (_ENCODED, encode_event(event).decode())
 
 
-_AFTER_MILLISECONDS = (1 << 80) - 1
+_TYPES = (REQUEST, RESPONSE, ERROR)
+
+# A call id's last hex digit (its two lowest bits are 0), with those two bits
+# set by an event kind (1 to 3).
+_WITH_KIND = [
+    {digit: f"{int(digit, 16) | (kind + 1):x}" for digit in "0123456789abcdef"} for kind in range(3)
+]
 
 
-def _event_id(call_id: str, kind: int, unix_ns: int) -> str:
-    """A UUIDv7 of the event's millisecond whose other bits are the call
-    id's, the last two flipped by the event's kind: the same record always
-    gets the same id, so a batch made into bodies again (after a queue
-    process died mid-send) is stored once, as a retry must be."""
-    after_milliseconds = int(call_id.replace("-", ""), 16) & _AFTER_MILLISECONDS
-    return uuid_str(((unix_ns // 1_000_000) << 80) | (after_milliseconds ^ (kind + 1)))
+def _event_id(call_id: str, kind: int) -> str:
+    """The call id with its two last bits set by the event's kind: the
+    same record always gets the same id (so a batch made into bodies again,
+    after a queue process died mid-send, is stored once, as a retry must be),
+    and the ids stay UUIDv7, ordered by when their call started."""
+    return call_id[:-1] + _WITH_KIND[kind][call_id[-1]]
 
 
 def _event(record: Record) -> Event:
-    kind, unix_ns, request_id, call_id, service, source, *rest = record
-    timestamp = moment_of_ns(unix_ns)
-    event_id = _event_id(call_id, kind, unix_ns)
+    kind, unix_ns, request_id, call, service, source, *rest = record
+    call_id = call_id_of(call)
     if kind == _REQUEST:
         method, path, extra = rest
-        return call_request(
-            request_id,
-            call_id,
-            service,
-            method,
-            path,
-            source=source,
-            timestamp=timestamp,
-            event_id=event_id,
-            **(extra or {}),
-        )
-    if kind == _RESPONSE:
+        data = request_data(service, call_id, method, path, extra)
+    elif kind == _RESPONSE:
         status, latency_ms, bytes_in, bytes_out, extra = rest
-        return call_response(
-            request_id,
-            call_id,
-            service,
-            status=status,
-            latency_ms=latency_ms,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-            source=source,
-            timestamp=timestamp,
-            event_id=event_id,
-            **(extra or {}),
-        )
-    if kind == _ERROR:
+        data = response_data(service, call_id, status, latency_ms, bytes_in, bytes_out, extra)
+    elif kind == _ERROR:
         error, elapsed_ms, detail = rest
-        return call_error(
-            request_id,
-            call_id,
-            service,
-            error=error,
-            elapsed_ms=elapsed_ms,
-            detail=detail,
-            source=source,
-            timestamp=timestamp,
-            event_id=event_id,
-        )
-    raise ValueError(f"not a call record: {record[:1]!r}")
+        data = error_data(service, call_id, error, elapsed_ms, detail, None)
+    else:
+        raise ValueError(f"not a call record: {record[:1]!r}")
+    return Event(
+        id=_event_id(call_id, kind),
+        request_id=request_id,
+        timestamp=moment_of_ns(unix_ns),
+        type=_TYPES[kind],
+        source=source,
+        data=data,
+    )
 
 
 def bodies_of(records: Iterable[Record]) -> list[str]:
