@@ -12,9 +12,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Self
 
 from eventtrail.consumer import Consumer, Record, Verdict
 from eventtrail.queue import Message, Queue
+
+if TYPE_CHECKING:
+    from eventtrail.config import Settings
+    from eventtrail.store import Store
 
 __all__ = ["BatchReport", "Worker"]
 
@@ -62,6 +67,18 @@ class Worker:
         self.visibility_timeout = visibility_timeout
         self.wait_seconds = wait_seconds
         self.retry_base = retry_base
+
+    @classmethod
+    def configured(cls, queue: Queue, store: Store, settings: Settings, *, wait_seconds: float = 1.0) -> Self:
+        """A worker storing into ``store`` with the batch size, visibility
+        timeout and message size limit of ``settings``."""
+        return cls(
+            queue,
+            Consumer(store, max_body_bytes=settings.max_body_bytes),
+            batch_size=settings.batch_size,
+            visibility_timeout=settings.visibility_timeout,
+            wait_seconds=wait_seconds,
+        )
 
     def process(self, messages: list[Message]) -> BatchReport:
         """Process one received batch and settle every message with the queue."""

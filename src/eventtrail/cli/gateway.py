@@ -15,7 +15,6 @@ import typer
 
 from eventtrail.cli.common import Backend, ConfigFile, DataDir, UsageError, err_console, settings_from
 from eventtrail.config import Settings, open_queue, open_store
-from eventtrail.consumer import Consumer
 from eventtrail.worker import Worker
 
 if TYPE_CHECKING:
@@ -119,12 +118,7 @@ def _work(settings: Settings, stop: ProcessEvent) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with open_queue(settings) as queue, open_store(settings) as store:
-        worker = Worker(
-            queue,
-            Consumer(store, max_body_bytes=settings.max_body_bytes),
-            batch_size=settings.batch_size,
-            visibility_timeout=settings.visibility_timeout,
-        )
+        worker = Worker.configured(queue, store, settings)
         watcher = _ThreadEvent.watching(stop)
         worker.run(stop=watcher)
         total = worker.run(drain=True)

@@ -23,7 +23,6 @@ from eventtrail.cli.common import (
     settings_from,
 )
 from eventtrail.config import open_queue, open_store
-from eventtrail.consumer import Consumer
 from eventtrail.times import parse_duration
 from eventtrail.worker import Worker
 
@@ -89,10 +88,7 @@ def worker(
     stop = threading.Event()
     _stop_on_signals(stop)
     with open_queue(settings) as queue, open_store(settings) as store:
-        consumer = Consumer(store, max_body_bytes=settings.max_body_bytes)
-        run = Worker(
-            queue, consumer, batch_size=settings.batch_size, visibility_timeout=settings.visibility_timeout
-        )
+        run = Worker.configured(queue, store, settings)
         logging.getLogger("eventtrail.worker").info(
             "consuming %s (%s backend)%s",
             settings.queue_name if settings.backend == "aws" else settings.queue_path,

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Self
 
 from eventtrail.config import Settings, open_queue, open_store
-from eventtrail.consumer import Consumer
 from eventtrail.demo.flows import SERVICE_A, SERVICE_B
 from eventtrail.demo.services import FAULTY, HEALTHY, orders_service, stock_service
 from eventtrail.gateway.config import GatewayConfig, parse_gateway_config
@@ -124,13 +123,7 @@ class DemoStack:
     def _work(self) -> None:
         settings = self.settings
         with open_queue(settings) as queue, open_store(settings) as store:
-            worker = Worker(
-                queue,
-                Consumer(store, max_body_bytes=settings.max_body_bytes),
-                batch_size=settings.batch_size,
-                visibility_timeout=settings.visibility_timeout,
-                wait_seconds=0.2,
-            )
+            worker = Worker.configured(queue, store, settings, wait_seconds=0.2)
             self._stored += worker.run(stop=self._stop_worker).stored
             self._stored += worker.run(drain=True).stored
 
