@@ -41,6 +41,7 @@ from eventtrail.config import Settings
 from eventtrail.consumer import Consumer
 from eventtrail.demo import demo_flows
 from eventtrail.event import Event, encode_event
+from eventtrail.gateway.config import PublisherSettings
 from eventtrail.ids import uuid7_str
 from eventtrail.worker import Worker
 
@@ -52,7 +53,7 @@ from tests.servers import moto_server
 
 SEND_TARGET = 0.1
 WRITE_TARGET = 0.04
-PUBLISHER_BATCH = 500  # the gateway publisher's default batch size
+PUBLISHER_BATCH = PublisherSettings().batch_size  # as the gateway's publisher sends
 SEND_OPERATIONS = {"SendMessage", "SendMessageBatch"}
 WRITE_OPERATIONS = {"PutItem", "BatchWriteItem"}
 

@@ -64,10 +64,9 @@ def _event(
     data: dict[str, Any],
     source: str,
     timestamp: str | None,
-    event_id: str | None,
 ) -> Event:
     return Event(
-        id=event_id or uuid7_str(),
+        id=uuid7_str(),
         request_id=request_id,
         timestamp=timestamp or _now(),
         type=type_,
@@ -85,12 +84,11 @@ def call_request(
     *,
     source: str = GATEWAY,
     timestamp: str | None = None,
-    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
     """Before the call. ``Name`` keeps the reference article's field."""
     data = request_data(service, call_id, method, path, extra)
-    return _event(REQUEST, request_id, data, source, timestamp, event_id)
+    return _event(REQUEST, request_id, data, source, timestamp)
 
 
 def call_response(
@@ -104,12 +102,11 @@ def call_response(
     bytes_out: int,
     source: str = GATEWAY,
     timestamp: str | None = None,
-    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
     """After the call returned a response (of any status)."""
     data = response_data(service, call_id, status, latency_ms, bytes_in, bytes_out, extra)
-    return _event(RESPONSE, request_id, data, source, timestamp, event_id)
+    return _event(RESPONSE, request_id, data, source, timestamp)
 
 
 def call_error(
@@ -122,12 +119,11 @@ def call_error(
     detail: str = "",
     source: str = GATEWAY,
     timestamp: str | None = None,
-    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
     """The call failed without a response: ``error`` is one of ERROR_KINDS."""
     data = error_data(service, call_id, error, elapsed_ms, detail, extra)
-    return _event(ERROR, request_id, data, source, timestamp, event_id)
+    return _event(ERROR, request_id, data, source, timestamp)
 
 
 # The ``data`` of each kind of event, for those who build events without the

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from eventtrail.config import Settings, open_queue
-from eventtrail.gateway.records import Record, UnsentRecords, bodies_of
+from eventtrail.gateway.records import EncodingSink, Record, UnsentRecords
 from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats
 
 __all__ = ["ProcessQueue"]
@@ -37,6 +37,7 @@ def _serve(connection: Connection, settings: Settings) -> None:
         connection.send(("error", f"{type(error).__name__}: {error}"))
         return
     connection.send(("ready", None))
+    sink = EncodingSink(queue)
     with queue:
         while True:
             try:
@@ -44,7 +45,7 @@ def _serve(connection: Connection, settings: Settings) -> None:
             except (EOFError, OSError):  # the gateway closed the pipe, or died
                 return
             if name == "send_records":
-                connection.send(_send_records(queue, args[0]))
+                connection.send(_send_records(sink, args[0]))
                 continue
             try:
                 result = getattr(queue, name)(*args, **kwargs)
@@ -54,15 +55,13 @@ def _serve(connection: Connection, settings: Settings) -> None:
                 connection.send(("ok", result))
 
 
-def _send_records(queue: Queue, records: list[Record]) -> tuple[str, Any]:
+def _send_records(sink: EncodingSink, records: list[Record]) -> tuple[str, Any]:
     try:
-        bodies = bodies_of(records)
+        sink.send_records(records)
+    except UnsentRecords as unsent:  # the caller spills the bodies
+        return ("unsent", (str(unsent), unsent.bodies))
     except Exception as error:  # noqa: BLE001 - reported to the caller, which has the records
         return ("error", f"{type(error).__name__}: {error}")
-    try:
-        queue.send(bodies)
-    except Exception as error:  # noqa: BLE001 - the caller spills the bodies
-        return ("unsent", (f"{type(error).__name__}: {error}", bodies))
     return ("ok", None)
 
 

@@ -21,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from eventtrail.event import Event
-from eventtrail.gateway.records import Record, RecordSink, UnsentRecords, bodies_of, encoded
+from eventtrail.gateway.records import (
+    EncodingSink,
+    Record,
+    RecordSink,
+    UnsentRecords,
+    bodies_of,
+    encoded,
+)
 from eventtrail.gateway.spill import SpillError, SpillFile
 from eventtrail.queue import Queue
 
@@ -74,7 +81,8 @@ class Publisher:
         self.max_retry_interval = max_retry_interval
         self._clock = clock
         self._buffer: collections.deque[Record] = collections.deque()
-        self._sink = queue if isinstance(queue, RecordSink) else None
+        # Where records become bodies: in the queue's own process if it has one.
+        self._sink: RecordSink = queue if isinstance(queue, RecordSink) else EncodingSink(queue)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -218,13 +226,6 @@ class Publisher:
         self._backoff = self.retry_interval
 
     def _send_or_keep(self, records: list[Record]) -> None:
-        if self._sink is None:
-            bodies = bodies_of(records)
-            if self._send(bodies):
-                self._sent += len(bodies)
-            else:
-                self._keep(bodies)
-            return
         try:
             self._sink.send_records(records)
         except Exception as error:  # noqa: BLE001 - any adapter failure means "queue down"

@@ -31,10 +31,11 @@ from eventtrail.calls import (
 )
 from eventtrail.event import Event, encode_event
 from eventtrail.ids import uuid_str
-from eventtrail.queue import QueueError
+from eventtrail.queue import Queue, QueueError
 
 __all__ = [
     "Call",
+    "EncodingSink",
     "Record",
     "RecordSink",
     "UnsentRecords",
@@ -222,3 +223,17 @@ class RecordSink(Protocol):
         """Send the records' events; raise :class:`UnsentRecords` (with the
         bodies) when the queue failed, any other error when even the bodies
         could not be made."""
+
+
+class EncodingSink:
+    """Any queue as a :class:`RecordSink`: makes the bodies here, then sends them."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def send_records(self, records: Sequence[Record]) -> None:
+        bodies = bodies_of(records)
+        try:
+            self.queue.send(bodies)
+        except Exception as error:  # any adapter failure: the caller keeps the bodies
+            raise UnsentRecords(f"{type(error).__name__}: {error}", bodies) from error
