@@ -4,6 +4,7 @@ returned handle stops it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -54,6 +55,8 @@ def moto_server() -> Iterator[Endpoint]:
     """moto's server in this process (threaded), all services on one port."""
     from moto.server import ThreadedMotoServer
 
+    # verbose=False does not reach werkzeug's own line per request.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
