@@ -321,10 +321,16 @@ def service_health(
     if window <= timedelta(0):
         raise ValueError("the window must be a positive duration")
     until = until or datetime.now(UTC)
-    since = until - window
+    try:
+        since = until - window
+        baseline_since = since - window
+    except OverflowError:
+        raise ValueError(
+            f"a window of {window} with its baseline before it reaches past year 1 from {until:%Y-%m-%d}"
+        ) from None
     return _analyse(
         _read_calls(store, since, until),
-        _read_calls(store, since - window, since),
+        _read_calls(store, baseline_since, since),
         since=since,
         until=until,
         thresholds=thresholds or HealthThresholds(),

@@ -215,7 +215,7 @@ def test_binding_beyond_loopback_needs_a_token() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
     check_binding("127.0.0.1", None)
-    check_binding("0.0.0.0", "secret")
+    check_binding("0.0.0.0", TOKEN)
     with pytest.raises(TokenRequired, match="give a token"):
         check_binding("0.0.0.0", None)
 

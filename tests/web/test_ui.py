@@ -141,3 +141,17 @@ def test_the_ui_asks_for_the_token_and_uses_it(page: Page, token_server: Backgro
     # A link with the token in its fragment skips the question.
     page.goto(f"{token_server.url}/#token={TOKEN}")
     expect(page.get_by_test_id("request-row")).to_have_count(50)
+
+
+def test_a_malformed_address_is_an_error_not_a_frozen_ui(page: Page, server: BackgroundServer) -> None:
+    # A truncated percent escape makes decodeURIComponent throw.
+    page.goto(f"{server.url}/#/requests/%E0%A4%A")
+    status = page.get_by_test_id("status-line")
+    expect(status).to_contain_text("malformed request id")
+    expect(status).to_have_class(re.compile("failed"))
+    screenshot(page, "malformed-route")
+    # The UI still answers: the list comes back when the address is fixed.
+    page.goto(f"{server.url}/#/requests")
+    expect(page.get_by_test_id("request-row")).to_have_count(50)
+    page.goto(f"{server.url}/#token=%E0%A4%A")
+    expect(page.get_by_test_id("request-row")).to_have_count(50)

@@ -16,14 +16,24 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to bind; anything but loopback requires a token.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = 8765,
     token: Annotated[
         str | None,
         typer.Option(
             envvar="EVENTTRAIL_API_TOKEN",
-            help="Require this Bearer token on every API request. [env: EVENTTRAIL_API_TOKEN]",
+            help="Require this Bearer token on every API request: at least 16 visible ASCII characters."
+            " [env: EVENTTRAIL_API_TOKEN]",
             show_default=False,
             show_envvar=False,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A Host name the server answers to (repeatable; *.example.com patterns allowed)."
+            " Default: loopback names, plus the bound address; any name when bound to 0.0.0.0 or ::.",
+            show_default=False,
         ),
     ] = None,
     backend: Backend = None,
@@ -32,8 +42,9 @@ def serve(
 ) -> None:
     """Serve the JSON API (described at /openapi.json) and the web UI until Ctrl-C."""
     try:
-        from eventtrail.web import build_app, check_binding
+        from eventtrail.web import PortUnavailable, bind, build_app, check_binding
         from eventtrail.web import serve as run
+        from eventtrail.web.server import trusted_hosts
     except ImportError as error:
         raise UsageError(f"the web UI needs the web extra: pip install 'eventtrail[web]' ({error})") from None
     token = token or None  # an empty EVENTTRAIL_API_TOKEN means none
@@ -42,8 +53,17 @@ def serve(
     except ValueError as error:
         raise UsageError(str(error)) from None
     settings = settings_from(backend, data_dir, config_file)
-    with open_store(settings) as store, open_queue(settings) as queue:
+    try:
+        listening = bind(host, port)
+    except PortUnavailable as error:
+        raise UsageError(f"{error} (--port 0 picks a free one)") from None
+    with listening, open_store(settings) as store, open_queue(settings) as queue:
         shown = f"[{host}]" if ":" in host else host
-        suffix = f"/#token={token}" if token else "/"
-        err_console.print(f"eventtrail UI and API on http://{shown}:{port}{suffix} (Ctrl-C to stop)")
-        run(build_app(store, queue, token=token), host, port)
+        bound = listening.getsockname()[1]
+        # The token is a secret: it never goes to a terminal or a log.
+        hint = " (the UI asks for the API token)" if token else ""
+        err_console.print(
+            f"eventtrail UI and API on http://{shown}:{bound}/{hint} (Ctrl-C to stop)", markup=False
+        )
+        app = build_app(store, queue, token=token, allowed_hosts=trusted_hosts(host, allowed_host or ()))
+        run(app, listening)

@@ -7,6 +7,25 @@ with BackgroundServer(build_app(store, queue), port=0) as server:
 """
 
 from eventtrail.web.app import build_app
-from eventtrail.web.server import BackgroundServer, TokenRequired, check_binding, is_loopback, serve
+from eventtrail.web.server import (
+    BackgroundServer,
+    PortUnavailable,
+    TokenRequired,
+    bind,
+    check_binding,
+    check_token,
+    is_loopback,
+    serve,
+)
 
-__all__ = ["BackgroundServer", "TokenRequired", "build_app", "check_binding", "is_loopback", "serve"]
+__all__ = [
+    "BackgroundServer",
+    "PortUnavailable",
+    "TokenRequired",
+    "bind",
+    "build_app",
+    "check_binding",
+    "check_token",
+    "is_loopback",
+    "serve",
+]

@@ -9,7 +9,7 @@ static files carry no data and are served without it.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast, get_args
@@ -17,6 +17,7 @@ from typing import Any, cast, get_args
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -28,6 +29,7 @@ from eventtrail.queue import Queue, QueueError
 from eventtrail.store import InvalidCursor, Store, StoreError, TransientStoreError
 from eventtrail.times import parse_duration, parse_moment
 from eventtrail.web.openapi import openapi_document
+from eventtrail.web.server import trusted_hosts
 from eventtrail.web.traces import RequestStatus, flow_view, recent_requests
 
 __all__ = ["MAX_HEALTH_WINDOW", "build_app"]
@@ -172,11 +174,15 @@ def build_app(
     token: str | None = None,
     thresholds: HealthThresholds | None = None,
     refresh_seconds: float = 2.0,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> ASGIApp:
     """The API and UI over ``store`` (and ``queue``, for ``/api/dlq``).
 
     ``token``: when given, every ``/api/`` request must carry it as a Bearer
     token. ``refresh_seconds``: how often the UI polls while open.
+    ``allowed_hosts``: the Host header values answered (see
+    :func:`~eventtrail.web.server.trusted_hosts`); loopback names only by
+    default, any other Host gets a 400.
     """
     health_thresholds = thresholds or HealthThresholds()
     statuses: tuple[str, ...] = get_args(RequestStatus)
@@ -226,7 +232,11 @@ def build_app(
     def health(request: Request) -> Any:
         query = Parameters(request, {"window", "until"})
         window = query.duration("window", timedelta(minutes=15), longest=MAX_HEALTH_WINDOW)
-        return service_health(store, window, until=query.moment("until"), thresholds=health_thresholds)
+        until = query.moment("until")
+        try:
+            return service_health(store, window, until=until, thresholds=health_thresholds)
+        except ValueError as error:
+            raise BadParameter(f"until: {error}") from None
 
     def dlq(request: Request) -> Any:
         query = Parameters(request, {"limit"})
@@ -263,4 +273,6 @@ def build_app(
         ],
         exception_handlers={HTTPException: http_error},
     )
-    return TokenCheck(app, token) if token is not None else app
+    checked: ASGIApp = TokenCheck(app, token) if token is not None else app
+    hosts = list(allowed_hosts) if allowed_hosts is not None else trusted_hosts("127.0.0.1")
+    return TrustedHostMiddleware(checked, allowed_hosts=hosts, www_redirect=False)

@@ -3,20 +3,43 @@ background thread of another program (the demo, tests)."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 import threading
 import time
+from collections.abc import Sequence
 
 import uvicorn
 from starlette.types import ASGIApp
 
-__all__ = ["BackgroundServer", "TokenRequired", "check_binding", "is_loopback", "serve"]
+__all__ = [
+    "BackgroundServer",
+    "PortUnavailable",
+    "TokenRequired",
+    "bind",
+    "check_binding",
+    "check_token",
+    "is_loopback",
+    "serve",
+    "trusted_hosts",
+]
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+#: Shorter tokens are guessable; whitespace and controls cannot travel in a header intact.
+MIN_TOKEN_LENGTH = 16
 
 
 class TokenRequired(ValueError):
     """Binding beyond loopback without a token would expose every event."""
+
+
+class PortUnavailable(OSError):
+    """The address could not be bound (taken, not local, not allowed)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def is_loopback(host: str) -> bool:
@@ -29,8 +52,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_token(token: str) -> None:
+    """Raise :class:`ValueError` unless ``token`` can protect the API: long
+    enough not to be guessed, and only visible ASCII (it travels in a header)."""
+    if not token.strip():
+        raise ValueError("the API token is empty or blank")
+    if any(not "!" <= char <= "~" for char in token):
+        raise ValueError("the API token may hold only visible ASCII characters (no spaces or controls)")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"the API token must be at least {MIN_TOKEN_LENGTH} characters"
+            " (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
+
+
 def check_binding(host: str, token: str | None) -> None:
-    """Raise :class:`TokenRequired` if ``host`` is not loopback and there is no token."""
+    """Raise :class:`TokenRequired` if ``host`` is not loopback and there is no
+    token, :class:`ValueError` if the token given is unfit (:func:`check_token`)."""
+    if token is not None:
+        check_token(token)
     if not is_loopback(host) and not token:
         raise TokenRequired(
             f"binding to {host} exposes the API beyond this machine: give a token"
@@ -38,13 +78,57 @@ def check_binding(host: str, token: str | None) -> None:
         )
 
 
-def _config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+def trusted_hosts(bind_host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Host header values the server answers to.
+
+    A server on loopback answers only to loopback names, so that a web page
+    cannot reach it through a name that resolves to 127.0.0.1 (DNS
+    rebinding). A server bound to one address also answers to that address;
+    one bound to every address (``0.0.0.0``, ``::``) answers to any name
+    unless ``extra`` lists them (it has a token: rebinding gains nothing
+    without it). ``extra`` adds names, ``*.example.com`` patterns allowed.
+    """
+    host = bind_host.strip("[]").lower()
+    if host in ("0.0.0.0", "::", "") and not extra:
+        return ["*"]
+    names = ["localhost", "127.0.0.1", "[::1]", *sorted(_LOOPBACK_NAMES - {"localhost"})]
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(f"[{host}]" if ":" in host else host)
+    names.extend(name.strip().lower() for name in extra if name.strip())
+    return list(dict.fromkeys(names))
 
 
-def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve ``app`` until Ctrl-C or SIGTERM."""
-    uvicorn.Server(_config(app, host, port)).run()
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port).
+
+    Binding before the server starts lets a taken port be one clear error
+    before anything claims to be listening.
+    """
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    try:
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    except OSError as error:
+        where = f"{host}:{port}"
+        if error.errno == errno.EADDRINUSE:
+            reason = f"port {port} on {host} is taken (another program listens there)"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            reason = f"{host} is not an address of this machine"
+        elif error.errno == errno.EACCES:
+            reason = f"not allowed to listen on {where} (ports below 1024 need privileges)"
+        elif isinstance(error, socket.gaierror):
+            reason = f"cannot resolve {host!r}: {error.strerror}"
+        else:
+            reason = f"cannot listen on {where}: {error.strerror or error}"
+        raise PortUnavailable(error.errno or 0, reason) from None
+
+
+def _config(app: ASGIApp) -> uvicorn.Config:
+    return uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+
+
+def serve(app: ASGIApp, listening: socket.socket) -> None:
+    """Serve ``app`` on a socket from :func:`bind` until Ctrl-C or SIGTERM."""
+    uvicorn.Server(_config(app)).run(sockets=[listening])
 
 
 class BackgroundServer:
@@ -58,9 +142,14 @@ class BackgroundServer:
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
-        self._server = uvicorn.Server(_config(app, host, port))
-        self._thread = threading.Thread(target=self._server.run, name="eventtrail-web", daemon=True)
+        self._server = uvicorn.Server(_config(app))
+        self._socket: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="eventtrail-web", daemon=True)
         self.port = port
+
+    def _run(self) -> None:
+        assert self._socket is not None
+        self._server.run(sockets=[self._socket])
 
     @property
     def url(self) -> str:
@@ -68,7 +157,10 @@ class BackgroundServer:
         return f"http://{host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> str:
-        """Start serving; return the URL once the socket listens."""
+        """Start serving; return the URL once the socket listens. Raises
+        :class:`PortUnavailable` when the address cannot be bound."""
+        self._socket = bind(self.host, self.port)
+        self.port = int(self._socket.getsockname()[1])
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -78,8 +170,6 @@ class BackgroundServer:
                 self.stop()
                 raise TimeoutError(f"the web server did not start within {timeout:g} s")
             time.sleep(0.01)
-        sockets = [socket for server in self._server.servers for socket in server.sockets]
-        self.port = int(sockets[0].getsockname()[1])
         return self.url
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -87,6 +177,8 @@ class BackgroundServer:
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._socket is not None:
+            self._socket.close()
 
     def __enter__(self) -> BackgroundServer:
         self.start()

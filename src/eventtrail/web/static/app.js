@@ -300,10 +300,24 @@ async function showMap() {
 
 // ---------- routing and refresh ----------
 
+// The address bar is input like any other: a malformed escape in it is an
+// error to show, never an exception that leaves the UI stuck.
+function decodeComponent(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null;
+  }
+}
+
 function route() {
   const hash = location.hash || "#/requests";
   const flow = hash.match(/^#\/requests\/(.+)$/);
-  if (flow) return { name: "flow", requestId: decodeURIComponent(flow[1]) };
+  if (flow) {
+    const requestId = decodeComponent(flow[1]);
+    if (requestId === null) return { name: "flow", requestId: null, raw: flow[1] };
+    return { name: "flow", requestId };
+  }
   if (hash.startsWith("#/health")) return { name: "health" };
   if (hash.startsWith("#/map")) return { name: "map" };
   return { name: "requests" };
@@ -312,13 +326,16 @@ function route() {
 async function render() {
   if (state.busy) return;
   state.busy = true;
-  const current = route();
-  for (const section of document.querySelectorAll(".view")) section.hidden = section.id !== `view-${current.name}`;
-  for (const link of document.querySelectorAll("nav a")) {
-    const target = link.getAttribute("href").slice(2);
-    link.classList.toggle("active", current.name === target || (current.name === "flow" && target === "requests"));
-  }
   try {
+    const current = route();
+    for (const section of document.querySelectorAll(".view")) section.hidden = section.id !== `view-${current.name}`;
+    for (const link of document.querySelectorAll("nav a")) {
+      const target = link.getAttribute("href").slice(2);
+      link.classList.toggle("active", current.name === target || (current.name === "flow" && target === "requests"));
+    }
+    if (current.name === "flow" && current.requestId === null) {
+      throw new ApiError(`the address holds a malformed request id (${current.raw}): pick a request from the list`);
+    }
     let keepRefreshing = true;
     if (current.name === "requests") await showRequests();
     else if (current.name === "flow") keepRefreshing = await showFlow(current.requestId);
@@ -344,7 +361,8 @@ function schedule() {
 function readTokenFromHash() {
   const found = location.hash.match(/[#&]token=([^&]+)/);
   if (found) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(found[1]));
+    const token = decodeComponent(found[1]);
+    if (token !== null) sessionStorage.setItem(TOKEN_KEY, token);
     history.replaceState(null, "", location.pathname + location.search + "#/requests");
   }
   state.token = sessionStorage.getItem(TOKEN_KEY);
