@@ -8,12 +8,13 @@ their time order on every backend.
 
 from __future__ import annotations
 
-import functools
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+
+from eventtrail import times
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -37,8 +38,6 @@ MAX_DATA_DEPTH = 31
 # also holds the timestamp), so they are bounded well below that.
 _KeyField = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
-_FIXED_WIDTH = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
-
 
 class InvalidEvent(ValueError):
     """A message body that can never become an event.
@@ -56,33 +55,13 @@ class InvalidEvent(ValueError):
 def normalise_timestamp(value: str) -> str:
     """Return ``value`` as fixed-width UTC: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 
-    Accepts ISO 8601 with an offset or ``Z``; a timestamp without one is
-    ambiguous and rejected.
+    The grammar is :func:`eventtrail.times.parse_timestamp`'s (RFC 3339 with
+    an offset or ``Z``); a timestamp without an offset is ambiguous and rejected.
     """
-    if _FIXED_WIDTH.match(value) and _valid_second(value[:19]):
-        return value
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidEvent(
-            f"{value!r} is not an ISO 8601 timestamp (e.g. 2020-05-01T20:00:00Z)",
-            "timestamp",
-        ) from None
-    if moment.tzinfo is None:
-        raise InvalidEvent(f"{value!r} has no UTC offset; add Z or +HH:MM", "timestamp")
-    utc = moment.astimezone(UTC).replace(tzinfo=None)
-    return utc.isoformat(timespec="microseconds") + "Z"
-
-
-@functools.lru_cache(maxsize=4096)
-def _valid_second(text: str) -> bool:
-    """Whether ``YYYY-MM-DDTHH:MM:SS`` is a real moment (cached: events of
-    one second share it, and the fixed-width form is what eventtrail sends)."""
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
+        return times.normalise_timestamp(value)
+    except ValueError as error:
+        raise InvalidEvent(str(error), "timestamp") from None
 
 
 def _data_depth(data: dict[str, Any]) -> int:
@@ -121,7 +100,7 @@ class Event(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     @property
     def moment(self) -> datetime:
         """The timestamp as an aware UTC datetime."""
-        return datetime.fromisoformat(self.timestamp)
+        return times.moment_of(self.timestamp)
 
 
 _decoder = msgspec.json.Decoder(Event)
@@ -158,8 +137,23 @@ def _explain(error: msgspec.ValidationError) -> InvalidEvent:
 def parse_event(body: str | bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Event:
     """Parse and validate one message body.
 
-    Raises :class:`InvalidEvent` saying which field is wrong and why.
+    Raises :class:`InvalidEvent` saying which field is wrong and why, and
+    nothing else: whatever a body holds, it is either an event or a reason.
     """
+    try:
+        return _parse(body, max_bytes)
+    except InvalidEvent:
+        raise
+    except RecursionError:
+        raise InvalidEvent("the body is nested too deeply to be an event") from None
+    except UnicodeError:
+        raise InvalidEvent("the body is not valid UTF-8 (or holds a lone surrogate)") from None
+    except Exception as error:  # noqa: BLE001 - an unforeseen body is still the body's fault
+        # It must never become an exception that fails the rest of a batch.
+        raise InvalidEvent(f"the body cannot be read as an event ({type(error).__name__}: {error})") from None
+
+
+def _parse(body: str | bytes, max_bytes: int) -> Event:
     # A str's UTF-8 size is between len() and 4 * len(); encode only when unsure.
     size = len(body)
     if isinstance(body, str) and size <= max_bytes < 4 * size:
@@ -172,8 +166,6 @@ def parse_event(body: str | bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -
         raise _explain(error) from None
     except msgspec.DecodeError as error:
         raise InvalidEvent(f"the body is not valid JSON: {error}") from None
-    except RecursionError:
-        raise InvalidEvent("the body is nested too deeply to be an event") from None
     # Walking data costs more than decoding it; only a body with more brackets
     # than the limit can nest deeper than it.
     if isinstance(body, str):
