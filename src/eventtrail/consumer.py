@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import enum
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 
 import msgspec
 
 from eventtrail.event import DEFAULT_MAX_BODY_BYTES, Event, InvalidEvent, parse_event
-from eventtrail.store import AppendResult, AppendStatus, Store, TransientStoreError
+from eventtrail.retry import Backoff, RetriesExhausted
+from eventtrail.store import AppendResult, AppendStatus, Store, StoreError, TransientStoreError
 
 __all__ = ["Consumer", "Outcome", "Record", "Verdict"]
 
@@ -65,10 +65,14 @@ _REASON_OF_STATUS = {
 class Consumer:
     """Parses, validates and stores batches of messages.
 
-    ``attempts`` and ``backoff`` bound the in-process retries of a transient
-    store failure (exponential backoff with full jitter); past them the
-    messages are handed back to the queue, which retries them later and
-    dead-letters them after its own receive limit.
+    ``attempts`` and ``backoff`` (the first delay's ceiling) bound the
+    in-process retries of a store that failed a whole batch in a way that may
+    pass (:class:`~eventtrail.store.TransientStoreError`, a locked SQLite
+    file), with :class:`~eventtrail.retry.Backoff`; past them the messages are
+    handed back to the queue, which retries them later and dead-letters them
+    after its own receive limit. Per-event failures (``FAILED``) go straight
+    back to the queue: the store has retried them already. The budget of each
+    layer is in ``docs/retries.md``.
     """
 
     def __init__(
@@ -82,9 +86,7 @@ class Consumer:
     ) -> None:
         self.store = store
         self.max_body_bytes = max_body_bytes
-        self.attempts = attempts
-        self.backoff = backoff
-        self._sleep = sleep
+        self.retry = Backoff(attempts=attempts, base=backoff, sleep=sleep)
 
     def process(self, records: Sequence[Record]) -> list[Outcome]:
         """Return one outcome per record, in the order of ``records``."""
@@ -96,6 +98,12 @@ class Consumer:
                 events.append(parse_event(record.body, max_bytes=self.max_body_bytes))
             except InvalidEvent as error:
                 outcomes[index] = Outcome(record.message_id, Verdict.DEAD_LETTER, str(error))
+            except Exception as error:
+                # Parsing is pure: whatever it raises is about this body alone,
+                # never a reason to fail the rest of the batch.
+                log.exception("the parser failed on message %s", record.message_id)
+                why = f"the body cannot be parsed ({type(error).__name__}: {error})"
+                outcomes[index] = Outcome(record.message_id, Verdict.DEAD_LETTER, why)
             else:
                 positions.append(index)
         if events:
@@ -108,18 +116,22 @@ class Consumer:
         return [outcome for outcome in outcomes if outcome is not None]
 
     def _append(self, events: list[Event]) -> list[AppendResult]:
-        for attempt in range(1, self.attempts + 1):
+        def append() -> list[AppendResult]:
             try:
                 return self.store.append(events)
             except TransientStoreError as error:
-                if attempt == self.attempts:
-                    reason = f"store unavailable after {attempt} attempts: {error}"
-                    break
-                delay = random.uniform(0, self.backoff * 2 ** (attempt - 1))
-                log.info("store busy (%s); retrying in %.3fs", error, delay)
-                self._sleep(delay)
-            except Exception as error:
-                log.exception("store failed on a batch of %d events", len(events))
-                reason = f"store error: {type(error).__name__}: {error}"
-                break
+                log.info("store busy (%s); retrying after a backoff", error)
+                raise
+
+        try:
+            return self.retry.run(append, retry_on=(TransientStoreError,))
+        except RetriesExhausted as exhausted:
+            reason = f"store unavailable after {exhausted.attempts} attempts: {exhausted.last}"
+        except StoreError as error:
+            # The store already said what is wrong, in words: no traceback.
+            log.error("store failed on a batch of %d events: %s", len(events), error)
+            reason = f"store error: {error}"
+        except Exception as error:
+            log.exception("store failed on a batch of %d events", len(events))
+            reason = f"store error: {type(error).__name__}: {error}"
         return [AppendResult(AppendStatus.FAILED, reason)] * len(events)

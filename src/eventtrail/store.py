@@ -5,8 +5,12 @@ Adapters: :mod:`eventtrail.embedded.store` (a SQLite file) and
 the invariants of the design:
 
 1. two distinct events never overwrite each other, whatever their timestamps;
-2. storing the same event twice leaves one copy (and an id reused by a
-   *different* event is reported where the backend can see it cheaply);
+2. storing the same event twice leaves one copy, reported as ``DUPLICATE``;
+   a different event on a stored event's key (request id, timestamp, id) is a
+   ``CONFLICT`` and changes nothing stored. Events are compared by
+   :func:`canonical`, the same function on every backend. (SQLite also
+   reports an id reused under another request or time, which it sees for
+   free; DynamoDB stores such an event under its own key.)
 3. a request's flow comes back in time order; queries by type or source take a
    time range and a page size and return a cursor for the next page.
 """
@@ -19,12 +23,13 @@ import binascii
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Self
 
 import msgspec
 
 from eventtrail.event import Event
+from eventtrail.times import format_moment
 
 __all__ = [
     "DUPLICATE",
@@ -37,7 +42,9 @@ __all__ = [
     "Store",
     "StoreError",
     "TransientStoreError",
+    "canonical",
     "format_moment",
+    "same_event",
 ]
 
 
@@ -116,11 +123,37 @@ class Page:
     cursor: str | None
 
 
-def format_moment(moment: datetime) -> str:
-    """A datetime in the store's timestamp form (fixed-width UTC)."""
-    if moment.tzinfo is None:
-        raise ValueError("datetimes given to the store must be timezone-aware")
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+_canonical_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+def _without_negative_zero(value: Any) -> Any:
+    if isinstance(value, float):
+        return 0.0 if value == 0.0 else value
+    if isinstance(value, dict):
+        return {key: _without_negative_zero(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_negative_zero(item) for item in value]
+    return value
+
+
+def canonical(event: Event) -> bytes:
+    """The one form in which events are compared, on every backend.
+
+    JSON with object keys sorted (their order carries no meaning) and every
+    value written in its own type: ``1``, ``1.0``, ``true`` and ``"1"`` all
+    differ. The one normalisation is ``-0.0``, written ``0.0``: DynamoDB keeps
+    no sign on zero, and an event must compare equal to itself read back.
+    """
+    encoded = _canonical_encode(event)
+    if b"-0.0" not in encoded:
+        return encoded
+    return _canonical_encode(msgspec.structs.replace(event, data=_without_negative_zero(event.data)))
+
+
+def same_event(a: Event, b: Event) -> bool:
+    """Whether ``b`` is ``a`` delivered again (see :func:`canonical`), rather
+    than a different event that claims its key."""
+    return a is b or canonical(a) == canonical(b)
 
 
 def query_key(kind: str, value: str, newest_first: bool) -> str:

@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 
 from eventtrail.aws.dynamodb import DynamoDBStore
 from eventtrail.aws.provision import QueueSpec, TableSpec, ensure_queues, ensure_table
+from eventtrail.aws.schema import read_models_table_name
 from eventtrail.aws.sqs import SQSQueue
 from tests.aws.conftest import Aws, unique_name
 from tests.contract.queue_contract import QueueContract, QueueFactory
@@ -61,8 +62,9 @@ def dynamodb_table(aws: Aws, *, index_shards: int = 4) -> Iterator[DynamoDBStore
         yield store
     finally:
         store.close()
-        with contextlib.suppress(ClientError):
-            client.delete_table(TableName=name)
+        for table in (name, read_models_table_name(name)):
+            with contextlib.suppress(ClientError):
+                client.delete_table(TableName=table)
 
 
 class SQSContract(QueueContract):
@@ -84,9 +86,6 @@ class TestSQSQueueOnRealAws(SQSContract):
 
 
 class DynamoDBContract(StoreContract):
-    detects_id_conflicts = False
-    purges_on_demand = False
-    reports_duplicates = False
     #: The name of the fixture (tests/aws/conftest.py) of the endpoint the table lives on.
     endpoint: str
 

@@ -1,23 +1,26 @@
 """What the DynamoDB store does beyond the contract: the table's shard tag,
-items DynamoDB cannot hold, exact number types, TTL, and retries of
-throttled or unprocessed writes (through a misbehaving HTTP proxy)."""
+items DynamoDB cannot hold, exact number types, TTL, what a write costs in
+requests, and the retries of throttled puts (through a misbehaving HTTP
+proxy)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from botocore.config import Config
 
-from eventtrail.aws.dynamodb import DynamoDBStore
+from eventtrail.aws.dynamodb import DEFAULT_RETRY, DynamoDBStore
 from eventtrail.aws.schema import TABLE, shard_of
-from eventtrail.store import AppendStatus
+from eventtrail.retry import Backoff
+from eventtrail.store import AppendStatus, canonical
 from tests.aws.conftest import Aws
-from tests.aws.proxy import proxy
+from tests.aws.proxy import Fault, proxy
 from tests.aws.test_contracts import dynamodb_table
-from tests.contract.store_contract import make_event, unique
+from tests.contract.store_contract import make_event, same_key, unique
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +99,7 @@ def test_integral_floats_stay_floats_and_digits_are_exact(store: DynamoDBStore) 
     store.append([event])
     (back,) = store.flow(event.request_id)
     assert back.data == data
+    assert canonical(back) == canonical(event)
     assert type(back.data["f"]) is float
     assert [type(v) for v in back.data["list"][:2]] == [int, float]
     assert [type(v) for v in back.data["list"][2]["deep"]] == [float, int]
@@ -117,14 +121,6 @@ def test_retention_sets_the_ttl_attribute(moto_store: DynamoDBStore) -> None:
     assert "ExpiresAt" not in raw_item(moto_store, no_ttl.request_id)
 
 
-def test_one_id_twice_in_a_batch_with_different_data_is_a_conflict(moto_store: DynamoDBStore) -> None:
-    event = make_event()
-    other = make_event(event_id=event.id, request_id=event.request_id, data={"Name": "other"})
-    statuses = [r.status for r in moto_store.append([event, other])]
-    assert statuses == [AppendStatus.STORED, AppendStatus.CONFLICT]
-    assert moto_store.flow(event.request_id) == [event]
-
-
 def test_a_missing_table_fails_the_events_for_a_retry(moto: Aws) -> None:
     store = DynamoDBStore(moto.dynamodb(), unique("missing"))
     (result,) = store.append([make_event()])
@@ -132,54 +128,155 @@ def test_a_missing_table_fails_the_events_for_a_retry(moto: Aws) -> None:
     assert result.reason and "does not exist" in result.reason
 
 
-def test_unprocessed_items_are_retried_until_written(moto: Aws, moto_store: DynamoDBStore) -> None:
-    held_back: list[Any] = []
+THROTTLED = {
+    "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+    "message": "The level of configured provisioned throughput for the table was exceeded.",
+}
+#: botocore's own retries off: what is counted is the store's.
+NO_BOTOCORE_RETRIES = Config(retries={"total_max_attempts": 1})
 
-    def take_half(operation: str, request: dict[str, Any]) -> Any:
-        if operation != "BatchWriteItem" or held_back:
+
+def throttle_puts(count: int) -> Fault:
+    """Answer the first ``count`` PutItem calls with throttling."""
+    throttled = [0]
+
+    def fault(operation: str, _: dict[str, Any]) -> Any:
+        if operation != "PutItem" or throttled[0] >= count:
             return None
-        ((table, writes),) = request["RequestItems"].items()
-        half = len(writes) // 2
-        held_back.extend(writes[half:])
-        return {
-            "request": {**request, "RequestItems": {table: writes[:half]}},
-            "extra": {"UnprocessedItems": {table: writes[half:]}},
-        }
+        throttled[0] += 1
+        return (400, THROTTLED)
 
+    return fault
+
+
+def test_each_event_is_one_conditional_put_and_a_redelivery_one_more(
+    moto: Aws, moto_store: DynamoDBStore
+) -> None:
     with proxy(moto.url or "") as front:
-        front.fault = take_half
-        client = Aws("proxy", front.url).dynamodb()
+        store = DynamoDBStore(Aws("proxy", front.url).dynamodb(), moto_store.table_name)
+        events = [make_event() for _ in range(30)]
+        assert store.index_shards == 4
+        front.calls.clear()
+        assert [r.status for r in store.append(events)] == [AppendStatus.STORED] * 30
+        assert dict(front.calls) == {"PutItem": 30}
+        front.calls.clear()
+        # moto, like DynamoDB, returns the stored item with the refusal: no read.
+        assert [r.status for r in store.append(events[:5])] == [AppendStatus.DUPLICATE] * 5
+        assert dict(front.calls) == {"PutItem": 5}
+        store.close()
+
+
+def test_an_endpoint_that_returns_no_item_with_the_refusal_is_read_consistently(
+    dynalite: Aws, dynalite_store: DynamoDBStore
+) -> None:
+    reads: list[dict[str, Any]] = []
+
+    def record_reads(operation: str, request: dict[str, Any]) -> Any:
+        if operation == "GetItem":
+            reads.append(request)
+        return None
+
+    with proxy(dynalite.url or "") as front:
+        front.fault = record_reads
+        store = DynamoDBStore(Aws("proxy", front.url).dynamodb(), dynalite_store.table_name)
+        event = make_event(data={"n": 1})
+        store.append([event])
+        statuses = [
+            r.status
+            for r in store.append(
+                [event, make_event(event_id=event.id, request_id=event.request_id, data={"n": 1.0})]
+            )
+        ]
+        store.close()
+    assert statuses == [AppendStatus.DUPLICATE, AppendStatus.CONFLICT]
+    assert len(reads) == 1 and reads[0]["ConsistentRead"] is True
+
+
+def test_concurrent_writers_of_one_key_leave_exactly_one_winner(store: DynamoDBStore) -> None:
+    # What BatchWriteItem got wrong: the last writer won. Now the first does,
+    # and every other writer learns which event holds the key.
+    original = make_event()
+    rivals = [same_key(original, {"writer": n}) for n in range(12)]
+    with ThreadPoolExecutor(max_workers=len(rivals)) as pool:
+        results = [r for (r,) in pool.map(lambda event: store.append([event]), rivals)]
+    statuses = [r.status for r in results]
+    assert statuses.count(AppendStatus.STORED) == 1
+    assert statuses.count(AppendStatus.CONFLICT) == len(rivals) - 1
+    winner = rivals[statuses.index(AppendStatus.STORED)]
+    assert [canonical(e) for e in store.flow(original.request_id)] == [canonical(winner)]
+    assert all(original.id in (r.reason or "") for r in results if r.status is AppendStatus.CONFLICT)
+
+
+def test_a_negative_zero_reads_back_as_the_same_event(store: DynamoDBStore) -> None:
+    # DynamoDB keeps no sign on zero; the canonical form writes -0.0 as 0.0.
+    event = make_event(data={"z": -0.0, "list": [-0.0, 0]})
+    assert store.append([event])[0].status is AppendStatus.STORED
+    (back,) = store.flow(event.request_id)
+    assert canonical(back) == canonical(event)
+    assert type(back.data["list"][0]) is float and type(back.data["list"][1]) is int
+    assert store.append([event])[0].status is AppendStatus.DUPLICATE
+
+
+def test_throttled_puts_get_one_more_round_after_a_backoff(moto: Aws, moto_store: DynamoDBStore) -> None:
+    with proxy(moto.url or "") as front:
+        front.fault = throttle_puts(3)
+        client = Aws("proxy", front.url).dynamodb(NO_BOTOCORE_RETRIES)
         sleeps: list[float] = []
-        store = DynamoDBStore(client, moto_store.table_name, sleep=sleeps.append)
+        store = DynamoDBStore(
+            client, moto_store.table_name, retry=Backoff(attempts=2, base=0.1, sleep=sleeps.append)
+        )
         request_id = unique("request")
-        events = [make_event(request_id=request_id) for _ in range(30)]
+        events = [make_event(request_id=request_id) for _ in range(10)]
         results = store.append(events)
-        assert [r.status for r in results] == [AppendStatus.STORED] * 30
-        assert len(held_back) == 13  # of the first call's 25 items
-        assert front.calls["BatchWriteItem"] == 3  # 25 (12 taken), the other 5, then the 13 again
-        assert len(sleeps) == 1 and 0 <= sleeps[0] <= 0.1
-    assert len(moto_store.flow(request_id)) == 30
+        store.close()
+    assert [r.status for r in results] == [AppendStatus.STORED] * 10
+    assert front.calls["PutItem"] == 13
+    assert len(sleeps) == 1 and 0 <= sleeps[0] <= 0.1
+    assert moto_store.flow(request_id) == sorted(events, key=lambda e: (e.timestamp, e.id))
 
 
 def test_throttling_that_does_not_pass_fails_the_events_not_the_call(
     moto: Aws, moto_store: DynamoDBStore
 ) -> None:
-    throttled = {
-        "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-        "message": "The level of configured provisioned throughput for the table was exceeded.",
-    }
-
     with proxy(moto.url or "") as front:
-        front.fault = lambda operation, _: (400, throttled) if operation == "BatchWriteItem" else None
-        # botocore's own retries off: what is counted is the store's.
-        client = Aws("proxy", front.url).dynamodb(Config(retries={"total_max_attempts": 1}))
-        store = DynamoDBStore(client, moto_store.table_name, attempts=3, sleep=lambda _: None)
+        front.fault = throttle_puts(10**6)
+        client = Aws("proxy", front.url).dynamodb(NO_BOTOCORE_RETRIES)
+        store = DynamoDBStore(client, moto_store.table_name, retry=Backoff(attempts=3, sleep=lambda _: None))
+        event = make_event()
         started = time.monotonic()
-        results = store.append([make_event(), make_event()])
-    assert [r.status for r in results] == [AppendStatus.FAILED] * 2
+        # The copies of a key are decided with their batch's first event.
+        results = store.append([event, make_event(), event, same_key(event, {"other": True})])
+        store.close()
+    assert [r.status for r in results] == [AppendStatus.FAILED] * 4
     assert results[0].reason and "ProvisionedThroughputExceededException" in results[0].reason
-    assert front.calls["BatchWriteItem"] == 3
+    assert results[3].reason and "retry" in results[3].reason
+    assert front.calls["PutItem"] == 2 * 3
     assert time.monotonic() - started < 5
+    assert moto_store.flow(event.request_id) == []
+
+
+@pytest.mark.slow
+def test_the_write_budget_of_one_event_is_botocore_times_the_store(
+    moto: Aws, moto_store: DynamoDBStore
+) -> None:
+    # docs/retries.md: botocore's 3 attempts (CLIENT_CONFIG) times the store's
+    # 2 rounds (DEFAULT_RETRY) is at most 6 PutItem per event per delivery.
+    with proxy(moto.url or "") as front:
+        front.fault = throttle_puts(10**6)
+        store = DynamoDBStore(Aws("proxy", front.url).dynamodb(), moto_store.table_name)
+        assert store.retry == DEFAULT_RETRY
+        (result,) = store.append([make_event()])
+        store.close()
+    assert result.status is AppendStatus.FAILED
+    assert front.calls["PutItem"] == 3 * 2
+
+
+def test_an_item_refused_by_its_size_decides_its_copies(store: DynamoDBStore) -> None:
+    big = make_event(data={"blob": "x" * 410_000})
+    results = store.append([big, big, same_key(big, {"small": 1})])
+    assert [r.status for r in results] == [AppendStatus.REJECTED, AppendStatus.REJECTED, AppendStatus.FAILED]
+    # The small one, delivered again on its own, is stored.
+    assert store.append([same_key(big, {"small": 1})])[0].status is AppendStatus.STORED
 
 
 def test_a_page_costs_one_query_per_shard(moto: Aws, moto_store: DynamoDBStore) -> None:

@@ -26,6 +26,7 @@ from tests.aws.conftest import Aws
 from tests.aws.lambda_events import sqs_event_of
 from tests.aws.test_contracts import dynamodb_table, make_sqs_queue
 from tests.contract.store_contract import make_event
+from tests.test_consumer import POISON, POISON_MAX_BODY_BYTES
 
 CONTEXT = SimpleNamespace(
     function_name="eventtrail-consumer",
@@ -194,3 +195,32 @@ def test_the_handler_imports_no_cli_libraries() -> None:
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert output.stdout.strip() == "[]"
+
+
+def test_every_poison_kind_is_dead_lettered_and_fails_no_valid_record(
+    queue: SQSQueue, table: DynamoDBStore
+) -> None:
+    poison = [kind for kind in POISON if kind.sqs]
+    good = [make_event() for _ in range(len(poison))]
+    bodies = [encode_event(stored).decode() for stored in good]
+    for index, kind in enumerate(poison):
+        bodies.insert(2 * index + 1, kind.body)
+    event = sqs_event(queue, bodies)
+    runtime = Runtime(
+        Settings(backend="aws", max_body_bytes=POISON_MAX_BODY_BYTES),
+        store=table,
+        sqs=queue.client,
+        dlq_url=queue.dlq_url,
+    )
+
+    response = runtime.handle(event)
+
+    assert response == {"batchItemFailures": []}
+    for stored in good:
+        assert table.flow(stored.request_id) == [stored]
+    letters = {letter.body: letter for letter in queue.dead_letters(limit=len(poison) + 1)}
+    assert len(letters) == len(poison)
+    for kind in poison:
+        letter = letters[kind.body]
+        assert letter.id == message_id_of(event, kind.body), kind.name
+        assert kind.reason in letter.reason, (kind.name, letter.reason)

@@ -1,11 +1,16 @@
 """The store port on an Amazon DynamoDB table (shape: :mod:`eventtrail.aws.schema`).
 
-Writes go in BatchWriteItem calls of at most 25 items; what DynamoDB leaves
-unprocessed or throttles is retried with exponential backoff and full jitter,
-then reported per event as ``FAILED`` so that the queue delivers it again. A
-redelivered event has the same key, so it stays one item. By-type and
-by-source reads query every write shard of the index and merge the shards by
-``TimestampId`` into one time-ordered page; nothing ever scans the table.
+Every event is one conditional ``PutItem`` (``attribute_not_exists``), the
+puts of a batch side by side: BatchWriteItem takes no condition, so it would
+let a different event with a stored event's key replace it. A refused put is
+told apart by comparing the stored item with the event in their canonical
+form (:func:`eventtrail.store.same_event`): the same event is a ``DUPLICATE``,
+another one a ``CONFLICT``, and nothing is ever written over. Throttled puts
+are retried by botocore, then once more here (:class:`eventtrail.retry.Backoff`),
+then reported per event as ``FAILED`` so that the queue delivers them again
+(the budget of each layer: ``docs/retries.md``). By-type and by-source reads
+query every write shard of the index and merge the shards by ``TimestampId``
+into one time-ordered page; nothing ever scans the table.
 """
 
 from __future__ import annotations
@@ -14,19 +19,20 @@ import heapq
 import itertools
 import logging
 import math
-import random
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from eventtrail.aws.items import Item, ItemError, event_from_item, item_key, item_of
-from eventtrail.aws.schema import INDEX_SHARDS_TAG, TABLE, IndexSchema
+from eventtrail.aws.schema import INDEX_SHARDS_TAG, TABLE, IndexSchema, read_models_table_name
 from eventtrail.event import Event
+from eventtrail.readmodels.dynamodb import DynamoDBReadModels
+from eventtrail.retry import Backoff
 from eventtrail.store import (
     DUPLICATE,
     STORED,
@@ -35,17 +41,20 @@ from eventtrail.store import (
     Position,
     Store,
     StoreError,
+    same_event,
 )
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-__all__ = ["BATCH_WRITE_LIMIT", "DynamoDBStore", "error_code"]
+__all__ = ["DEFAULT_RETRY", "DynamoDBStore", "error_code"]
 
 log = logging.getLogger(__name__)
 
-#: BatchWriteItem takes at most 25 items per call.
-BATCH_WRITE_LIMIT = 25
+#: The store's own retry of puts still throttled after botocore's attempts:
+#: one more round, because botocore stops retrying when its retry quota runs
+#: dry, which is what lasting throttling does.
+DEFAULT_RETRY = Backoff(attempts=2, base=0.1, cap=1.0)
 
 #: Error codes worth retrying: DynamoDB or the network will let them pass.
 _RETRYABLE = frozenset(
@@ -67,6 +76,24 @@ def error_code(error: BaseException) -> str:
     return type(error).__name__
 
 
+@dataclass(frozen=True, slots=True)
+class _Put:
+    """What became of one conditional put: its result, the event the table
+    holds under its key when known, and whether trying again may help."""
+
+    result: AppendResult
+    holder: Event | None = None
+    retryable: bool = False
+
+
+def _conflict(event: Event, holder: Event) -> AppendResult:
+    return AppendResult(
+        AppendStatus.CONFLICT,
+        f"id {event.id} already belongs to another event"
+        f" (request {holder.request_id}, {holder.type} at {holder.timestamp})",
+    )
+
+
 def _describe(error: BaseException) -> str:
     if isinstance(error, ClientError):
         message = error.response.get("Error", {}).get("Message", "")
@@ -82,6 +109,9 @@ class DynamoDBStore(Store):
     set it; dynalite keeps tags too): writers and readers must agree on it, so
     the table's tag wins. ``retention_days`` sets each item's ``ExpiresAt``
     (the event's time plus the retention) for DynamoDB's TTL to delete it.
+    ``retry`` bounds the rounds of puts that failed in a way that may pass;
+    ``threads`` bounds the requests in flight at once (keep it within the
+    client's ``max_pool_connections``).
     """
 
     def __init__(
@@ -91,22 +121,21 @@ class DynamoDBStore(Store):
         *,
         index_shards: int = 8,
         retention_days: float | None = None,
-        attempts: int = 6,
-        backoff: float = 0.05,
-        max_backoff: float = 2.0,
-        sleep: Callable[[float], None] = time.sleep,
+        retry: Backoff = DEFAULT_RETRY,
+        threads: int = 16,
     ) -> None:
         self.client = client
         self.table_name = table_name
         self.default_shards = index_shards
         self.retention_days = retention_days
-        self.attempts = attempts
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self._sleep = sleep
+        self.retry = retry
+        self.threads = threads
         self._shards: int | None = None
         self._lock = threading.Lock()
-        self._readers: ThreadPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self.read_models = DynamoDBReadModels(
+            client, read_models_table_name(table_name), events=self, retention_days=retention_days
+        )
 
     # -- configuration recorded on the table ---------------------------------
 
@@ -163,7 +192,6 @@ class DynamoDBStore(Store):
         return int(event.moment.timestamp() + self.retention_days * 86400)
 
     def append(self, events: Sequence[Event]) -> list[AppendResult]:
-        results: list[AppendResult | None] = [None] * len(events)
         if not events:
             return []
         try:
@@ -171,96 +199,119 @@ class DynamoDBStore(Store):
         except StoreError as error:
             # A missing or unreachable table can be fixed: let the queue retry.
             return [AppendResult(AppendStatus.FAILED, str(error))] * len(events)
-        pending: list[tuple[int, Item]] = []
-        first_of_key: dict[tuple[str, str], int] = {}
+        results: list[AppendResult | None] = [None] * len(events)
+        firsts: dict[tuple[str, str], int] = {}
+        copies: list[tuple[int, int]] = []
+        pending: dict[int, Item] = {}
         for index, event in enumerate(events):
             key = item_key(event.request_id, event.timestamp, event.id)
-            if key in first_of_key:
-                # DynamoDB refuses two puts of one key in one batch.
-                same = events[first_of_key[key]] == event
-                results[index] = (
-                    DUPLICATE
-                    if same
-                    else AppendResult(
-                        AppendStatus.CONFLICT, f"another event in this batch already has id {event.id}"
-                    )
-                )
+            if key in firsts:
+                # Decided once the batch's first event of this key is written.
+                copies.append((index, firsts[key]))
                 continue
-            first_of_key[key] = index
+            firsts[key] = index
             try:
-                item = item_of(event, shards=shards, expires_at=self._expires_at(event))
+                pending[index] = item_of(event, shards=shards, expires_at=self._expires_at(event))
             except ItemError as error:
                 results[index] = AppendResult(AppendStatus.REJECTED, str(error))
-                continue
-            pending.append((index, item))
-        for start in range(0, len(pending), BATCH_WRITE_LIMIT):
-            chunk = pending[start : start + BATCH_WRITE_LIMIT]
-            for index, result in self._write_batch(chunk):
-                results[index] = result
+        holders: dict[int, Event] = {}
+        for _ in self.retry.delays():
+            retry_later: dict[int, Item] = {}
+            for index, put in zip(pending, self._put_all(pending, events), strict=True):
+                results[index] = put.result
+                if put.holder is not None:
+                    holders[index] = put.holder
+                if put.retryable:
+                    retry_later[index] = pending[index]
+            pending = retry_later
+            if not pending:
+                break
+        for index, first in copies:
+            results[index] = self._copy_result(
+                events[index], events[first], results[first], holders.get(first)
+            )
         assert all(result is not None for result in results)
+        self.read_models.apply(
+            [e for e, r in zip(events, results, strict=True) if r and r.status is AppendStatus.STORED]
+        )
         return [result for result in results if result is not None]
 
-    def _delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
+    @staticmethod
+    def _copy_result(
+        event: Event, first: Event, first_result: AppendResult | None, holder: Event | None
+    ) -> AppendResult:
+        """The result of an event whose key an earlier event of its batch holds."""
+        if holder is not None:
+            # What the table holds under the key is known: compare with it.
+            return DUPLICATE if same_event(holder, event) else _conflict(event, holder)
+        if same_event(first, event):
+            assert first_result is not None
+            return first_result
+        return AppendResult(
+            AppendStatus.FAILED,
+            f"another event of this batch claims id {event.id} and was not written; retry to decide",
+        )
 
-    def _write_batch(self, chunk: list[tuple[int, Item]]) -> list[tuple[int, AppendResult]]:
-        """Write up to 25 items; one result per item."""
-        by_key = {(item[TABLE.partition_key]["S"], item[TABLE.sort_key]["S"]): index for index, item in chunk}
-        requests: list[dict[str, Any]] = [{"PutRequest": {"Item": item}} for _, item in chunk]
-        reason = ""
-        for attempt in range(self.attempts):
-            if attempt:
-                self._sleep(self._delay(attempt))
-            try:
-                response = self.client.batch_write_item(
-                    RequestItems={self.table_name: requests}  # type: ignore[dict-item]
-                )
-            except ClientError as error:
-                code = error_code(error)
-                if code == "ValidationException":
-                    # One bad item fails the whole call: find it item by item.
-                    return self._write_one_by_one(chunk)
-                reason = _describe(error)
-                if code not in _RETRYABLE:
-                    break
-                continue
-            except BotoCoreError as error:
-                reason = _describe(error)
-                continue
-            unprocessed = response.get("UnprocessedItems", {}).get(self.table_name, [])
-            if not unprocessed:
-                return [(index, STORED) for index, _ in chunk]
-            requests = list(unprocessed)  # type: ignore[arg-type]
-            reason = f"DynamoDB left {len(requests)} items unprocessed (throttled)"
-        failed = {
-            (
-                request["PutRequest"]["Item"][TABLE.partition_key]["S"],
-                request["PutRequest"]["Item"][TABLE.sort_key]["S"],
+    def _put_all(self, items: dict[int, Item], events: Sequence[Event]) -> list[_Put]:
+        """Put every item (side by side); one outcome per item, in order."""
+        jobs = [(item, events[index]) for index, item in items.items()]
+        if len(jobs) == 1:
+            return [self._put(*jobs[0])]
+        return list(self._pool().map(lambda job: self._put(*job), jobs))
+
+    def _put(self, item: Item, event: Event) -> _Put:
+        """Write one item unless its key is taken; tell a redelivery of the
+        stored event from another event claiming its key."""
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#pk)",
+                ExpressionAttributeNames={"#pk": TABLE.partition_key},
+                # DynamoDB hands back the stored item with the refusal, for no
+                # extra read; endpoints that do not are asked with GetItem.
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-            for request in requests
-        }
-        failure = AppendResult(AppendStatus.FAILED, f"not written after {self.attempts} attempts: {reason}")
-        return [(index, failure if key in failed else STORED) for key, index in by_key.items()]
+        except ClientError as error:
+            code = error_code(error)
+            if code == "ConditionalCheckFailedException":
+                stored: Item | None = error.response.get("Item")  # type: ignore[assignment]
+                return self._compare(item, event, stored)
+            if code == "ValidationException":
+                return _Put(
+                    AppendResult(AppendStatus.REJECTED, f"DynamoDB refused the item: {_describe(error)}")
+                )
+            return _Put(AppendResult(AppendStatus.FAILED, _describe(error)), retryable=code in _RETRYABLE)
+        except BotoCoreError as error:
+            return _Put(AppendResult(AppendStatus.FAILED, _describe(error)), retryable=True)
+        return _Put(STORED, holder=event)
 
-    def _write_one_by_one(self, chunk: list[tuple[int, Item]]) -> list[tuple[int, AppendResult]]:
-        results: list[tuple[int, AppendResult]] = []
-        for index, item in chunk:
+    def _compare(self, item: Item, event: Event, stored: Item | None) -> _Put:
+        if stored is None:
             try:
-                self.client.put_item(TableName=self.table_name, Item=item)
-            except ClientError as error:
-                status = (
-                    AppendStatus.REJECTED
-                    if error_code(error) == "ValidationException"
-                    else AppendStatus.FAILED
+                stored = self.client.get_item(  # type: ignore[assignment]
+                    TableName=self.table_name,
+                    Key={key: item[key] for key in (TABLE.partition_key, TABLE.sort_key)},
+                    ConsistentRead=True,
+                ).get("Item")
+            except (ClientError, BotoCoreError) as error:
+                reason = f"the key is taken and the stored item could not be read: {_describe(error)}"
+                return _Put(AppendResult(AppendStatus.FAILED, reason), retryable=True)
+            if stored is None:
+                # Expired (TTL) between the put and the read: write it again.
+                return _Put(AppendResult(AppendStatus.FAILED, "the stored item went away"), retryable=True)
+        holder = event_from_item(stored)
+        return _Put(DUPLICATE if same_event(holder, event) else _conflict(event, holder), holder=holder)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """Threads that put items or query shards side by side (boto3 clients
+        are thread-safe; the client's connection pool bounds what runs at once)."""
+        with self._lock:
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(
+                    max_workers=self.threads, thread_name_prefix="eventtrail-dynamodb"
                 )
-                results.append(
-                    (index, AppendResult(status, f"DynamoDB refused the item: {_describe(error)}"))
-                )
-            except BotoCoreError as error:
-                results.append((index, AppendResult(AppendStatus.FAILED, _describe(error))))
-            else:
-                results.append((index, STORED))
-        return results
+            return self._threads
 
     # -- reads ----------------------------------------------------------------
 
@@ -378,7 +429,7 @@ class DynamoDBStore(Store):
             for shard in range(shards)
         ]
         # The first page of every shard is read side by side.
-        heads = list(self._reader_pool(shards).map(lambda stream: next(stream, None), streams))
+        heads = list(self._pool().map(lambda stream: next(stream, None), streams))
         merged = heapq.merge(
             *(itertools.chain([head], stream) for head, stream in zip(heads, streams, strict=True) if head),
             key=lambda item: item[TABLE.sort_key]["S"],
@@ -386,21 +437,13 @@ class DynamoDBStore(Store):
         )
         return [event_from_item(item) for item in itertools.islice(merged, limit)]
 
-    def _reader_pool(self, shards: int) -> ThreadPoolExecutor:
-        """Threads that query the shards side by side (boto3 clients are thread-safe)."""
-        with self._lock:
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(
-                    max_workers=min(shards, 16), thread_name_prefix="eventtrail-dynamodb"
-                )
-            return self._readers
-
     def purge(self, older_than: datetime) -> int:
         """DynamoDB deletes expired items itself (TTL on ``ExpiresAt``, set from
         ``retention_days`` at write time): nothing to do on demand."""
         return 0
 
     def close(self) -> None:
-        if self._readers is not None:
-            self._readers.shutdown(wait=False)
-            self._readers = None
+        self.read_models.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+            self._threads = None

@@ -6,7 +6,10 @@ only when there are any) where ``data`` held a float with an integral value
 such as ``3.0``: every other number comes back as an int when it is integral
 and as a float when it is not, which keeps the JSON types exact. Floats are
 written from their shortest round-trip text (``repr``), never through binary
-``Decimal(x)``, so no precision is lost.
+``Decimal(x)``, so no precision is lost. An event read back therefore has the
+canonical form (:func:`eventtrail.store.canonical`) of the event written,
+which is what tells a redelivery from a conflict; the one thing DynamoDB
+drops, the sign of a zero, the canonical form ignores.
 
 :func:`item_size` follows DynamoDB's own item-size rules, rounding up where
 they are approximate, so an item it accepts is never refused for its size.
