@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eventtrail.embedded.queue import SQLiteQueue
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import encode_event
+from eventtrail.retry import Backoff, RetriesExhausted
 from tests.cli import run, spawn
 from tests.contract.store_contract import make_event
 
@@ -26,23 +30,55 @@ def fill_queue(data_dir: Path, count: int) -> set[str]:
     return {e.id for e in events}
 
 
-def stored_ids(data_dir: Path) -> list[str]:
-    db = sqlite3.connect(data_dir / "events.db")
+class FrozenMoment(Exception):
+    """SQLite could not take a WAL read lock at this moment."""
+
+
+def read_rows(path: Path, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query on a file a (possibly frozen) worker writes.
+
+    A reader that opens a WAL database while its writer is frozen by SIGSTOP
+    can get SQLITE_PROTOCOL ("locking protocol": a race for a read lock that
+    the frozen process cannot finish) or SQLITE_BUSY (the writer was frozen
+    while restarting the WAL). Either may pass, so the read is retried
+    briefly, then :class:`~eventtrail.retry.RetriesExhausted` says that this
+    moment cannot be read. The file is opened read-only, so the reader never
+    changes what the test looks at.
+    """
+
+    def attempt() -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.1)
+        try:
+            return db.execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode in (sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_BUSY):
+                raise FrozenMoment(str(error)) from error
+            raise
+        finally:
+            db.close()
+
+    return Backoff(attempts=10, base=0.001, cap=0.05).run(attempt, retry_on=(FrozenMoment,))
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open."""
     try:
-        return [row[0] for row in db.execute("SELECT id FROM events")]
-    finally:
-        db.close()
+        return any(Path(link).resolve() == path.resolve() for link in Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return False
+
+
+def stored_ids(data_dir: Path) -> list[str]:
+    return [row[0] for row in read_rows(data_dir / "events.db", "SELECT id FROM events")]
 
 
 def in_flight_event_ids(data_dir: Path) -> set[str]:
-    db = sqlite3.connect(data_dir / "queue.db")
-    try:
-        rows = db.execute(
-            "SELECT body FROM messages JOIN deliveries USING (seq) WHERE visible_at > ?", (time.time(),)
-        )
-        return {json.loads(body)["id"] for (body,) in rows}
-    finally:
-        db.close()
+    rows = read_rows(
+        data_dir / "queue.db",
+        "SELECT body FROM messages JOIN deliveries USING (seq) WHERE visible_at > ?",
+        (time.time(),),
+    )
+    return {json.loads(body)["id"] for (body,) in rows}
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice(tmp_path: Path) -> None:
@@ -52,14 +88,25 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice(tmp_pa
     # Freeze the worker until it is caught holding a batch that it has stored
     # but not yet acknowledged: the worst moment to die.
     caught = False
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     try:
         while not caught and time.monotonic() < deadline and worker.poll() is None:
             worker.send_signal(signal.SIGSTOP)
-            caught = bool(in_flight_event_ids(tmp_path) & set(stored_ids(tmp_path)))
+            try:
+                caught = bool(in_flight_event_ids(tmp_path) & set(stored_ids(tmp_path)))
+            except RetriesExhausted:
+                # Frozen at a moment where no reader can get in: let it run
+                # on and look at another moment.
+                caught = False
             if not caught:
                 worker.send_signal(signal.SIGCONT)
-                time.sleep(0.001)
+                # Let it run a while between two looks (on a loaded machine,
+                # a fixed 1 ms starved it), stopping it at varied moments.
+                time.sleep(random.uniform(0.001, 0.02))
+                with contextlib.suppress(RetriesExhausted):
+                    if not read_rows(tmp_path / "queue.db", "SELECT 1 FROM messages LIMIT 1"):
+                        # It got through everything between two looks: give it more.
+                        ids |= fill_queue(tmp_path, 20_000)
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
@@ -80,10 +127,26 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice(tmp_pa
 def test_two_workers_on_one_queue_lose_nothing(tmp_path: Path) -> None:
     ids = fill_queue(tmp_path, 10_000)
     SQLiteStore(tmp_path / "events.db").close()
-    workers = [spawn(tmp_path, "worker", "--drain", "--batch-size", "100") for _ in range(2)]
+    queue_file = tmp_path / "queue.db"
+    # Hold the queue's write lock until both workers have opened it, so that
+    # one that starts slowly does not find the queue drained by the other.
+    # They wait in SQLite's busy handler (a long busy timeout), not in backoff.
+    holder = sqlite3.connect(queue_file, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    patient = {"EVENTTRAIL_BUSY_TIMEOUT": "120"}
+    workers = [spawn(tmp_path, "worker", "--drain", "--batch-size", "100", env=patient) for _ in range(2)]
     try:
+        deadline = time.monotonic() + 60
+        while not all(holds_open(w.pid, queue_file) for w in workers):
+            assert time.monotonic() < deadline, "the workers did not open the queue"
+            assert all(w.poll() is None for w in workers)
+            time.sleep(0.05)
+        time.sleep(0.5)  # both are now in their first receive
+        holder.execute("ROLLBACK")
+        holder.close()
         outputs = [w.communicate(timeout=120) for w in workers]
     finally:
+        holder.close()
         for w in workers:
             w.kill()
             w.wait()

@@ -40,6 +40,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     """``local``: SQLite files in ``data_dir``; ``aws``: SQS and DynamoDB."""
     data_dir: str = ".eventtrail"
     """Where the embedded backend keeps ``queue.db`` and ``events.db``."""
+    busy_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    """Seconds a call of the local backend waits for another process's lock
+    on a SQLite file before failing (the worker then retries with backoff)."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=DEFAULT_MAX_BODY_BYTES)] = DEFAULT_MAX_BODY_BYTES
     """Largest accepted message body (SQS's maximum is also the default)."""
     max_receives: _Positive = 5
@@ -48,11 +51,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     """Seconds a received message stays hidden from other workers."""
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     """Messages a worker takes per receive (SQS caps one receive at 10)."""
-    retention_days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    retention_days: Annotated[float, msgspec.Meta(gt=0, le=3_650_000)] | None = None
     """Keep events this long (``None``: forever)."""
     queue_name: str = "event-queue"
     dlq_name: str = "event-queue-dlq"
-    table_name: str = "event"
+    table_name: Annotated[str, msgspec.Meta(min_length=3, max_length=243, pattern=r"^[A-Za-z0-9_.-]+$")] = (
+        "event"
+    )
+    """DynamoDB's rules for a table name, leaving room for the read models'
+    table (``<table_name>-read-models``) within its 255 characters."""
     index_shards: Annotated[int, msgspec.Meta(ge=1, le=100)] = 16
     """Write shards of the DynamoDB Type and Source indexes (invariant 4): 16
     keep one busy type under 1,000 writes/s per index partition up to about
@@ -134,23 +141,67 @@ def load_settings(
         raise ConfigError(f"{where}: {reason[0].lower()}{reason[1:]}") from None
 
 
-def open_queue(settings: Settings) -> Queue:
-    """The queue of the configured backend."""
+def _check_data_folder(settings: Settings, *, read_only: bool) -> None:
+    """Fail with a :class:`ConfigError` (one line, exit 2) when the data
+    folder cannot be used; create it (``0700``) for a command that writes.
+
+    A command that only reads never creates it: a missing folder means
+    nothing was recorded there, which is worth saying rather than showing an
+    empty answer for a mistyped ``--data-dir``.
+    """
+    from eventtrail.embedded.sqlite import ensure_data_folder
+
+    folder = Path(settings.data_dir)
+    if folder.is_dir():
+        return
+    blocking = next((part for part in (folder, *folder.parents) if part.exists() and not part.is_dir()), None)
+    if blocking is not None:
+        where = "is a file" if blocking == folder else f"is under {blocking}, which is a file"
+        raise ConfigError(
+            f"the data folder {folder} {where}; give a folder with --data-dir or EVENTTRAIL_DATA_DIR"
+        )
+    if read_only:
+        raise ConfigError(
+            f"the data folder {folder} does not exist (nothing was recorded there yet:"
+            " send events with `eventtrail send` or run `eventtrail demo` first, or give --data-dir)"
+        )
+    try:
+        ensure_data_folder(folder)
+    except OSError as error:
+        raise ConfigError(f"cannot create the data folder {folder}: {error.strerror or error}") from None
+
+
+def open_queue(settings: Settings, *, read_only: bool = False) -> Queue:
+    """The queue of the configured backend.
+
+    ``read_only``: for commands that only look (``status``, ``dlq list``):
+    the local backend then never creates a file or folder and never takes
+    the write lock; a missing data folder is a :class:`ConfigError`.
+    """
     if settings.backend == "aws":
         from eventtrail.aws.backend import open_sqs_queue
 
         return open_sqs_queue(settings)
     from eventtrail.embedded.queue import SQLiteQueue
 
-    return SQLiteQueue(settings.queue_path, max_receives=settings.max_receives)
+    _check_data_folder(settings, read_only=read_only)
+    return SQLiteQueue(
+        settings.queue_path,
+        max_receives=settings.max_receives,
+        read_only=read_only,
+        busy_timeout_ms=round(settings.busy_timeout * 1000),
+    )
 
 
-def open_store(settings: Settings) -> Store:
-    """The store of the configured backend."""
+def open_store(settings: Settings, *, read_only: bool = False) -> Store:
+    """The store of the configured backend (``read_only`` as for :func:`open_queue`)."""
     if settings.backend == "aws":
         from eventtrail.aws.backend import open_dynamodb_store
 
         return open_dynamodb_store(settings)
     from eventtrail.embedded.store import SQLiteStore
 
-    return SQLiteStore(settings.store_path)
+    _check_data_folder(settings, read_only=read_only)
+    return SQLiteStore(
+        settings.store_path, read_only=read_only, busy_timeout_ms=round(settings.busy_timeout * 1000)
+    )

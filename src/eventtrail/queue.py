@@ -17,15 +17,64 @@ from typing import Self
 
 import msgspec
 
-__all__ = ["DeadLetter", "Message", "Queue", "QueueError", "QueueStats", "UnknownDeadLetter"]
+__all__ = [
+    "BodyTooLarge",
+    "DeadLetter",
+    "Message",
+    "PartialSend",
+    "Queue",
+    "QueueError",
+    "QueueStats",
+    "TransientQueueError",
+    "UnknownDeadLetter",
+]
 
 
 class QueueError(Exception):
     """The queue could not do what was asked (unreachable, misconfigured...)."""
 
 
+class TransientQueueError(QueueError):
+    """A failure that may pass (locked, throttled, unreachable): retry later."""
+
+
+class PartialSend(QueueError):
+    """A send stopped part way: some bodies were accepted, the rest were not.
+
+    ``ids`` has one entry per body sent, in order: the message id of a body
+    the queue accepted, ``None`` for one it did not. ``first_unsent`` is the
+    index of the first body not accepted: sending the bodies from there on
+    again completes the send (a body after it that was accepted is sent
+    twice, which at-least-once delivery allows and idempotent storage
+    absorbs). ``cause`` is the failure that stopped the send.
+    """
+
+    def __init__(self, ids: Sequence[str | None], cause: QueueError) -> None:
+        self.ids = list(ids)
+        self.cause = cause
+        self.first_unsent = next(
+            (index for index, found in enumerate(self.ids) if found is None), len(self.ids)
+        )
+        self.sent = sum(found is not None for found in self.ids)
+        super().__init__(f"{self.sent} of {len(self.ids)} messages were sent: {cause}")
+
+    @property
+    def transient(self) -> bool:
+        """Whether the failure may pass, so that sending the rest later may succeed."""
+        return isinstance(self.cause, TransientQueueError)
+
+
 class UnknownDeadLetter(QueueError, LookupError):
     """No dead letter has that id."""
+
+
+class BodyTooLarge(QueueError):
+    """The queue refused the bodies at ``indexes`` (positions in the batch
+    given to ``send``) for their size, and took every other body of it."""
+
+    def __init__(self, indexes: Sequence[int], message: str = "") -> None:
+        self.indexes = list(indexes)
+        super().__init__(message or f"{len(self.indexes)} bodies too large for the queue")
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -84,10 +133,18 @@ class Queue(abc.ABC):
 
     #: How many receives before a message moves to the dead letters.
     max_receives: int
+    #: Messages that :meth:`receive` moved to the dead letters (received
+    #: ``max_receives`` times) since this queue was opened; 0 where the broker
+    #: moves them itself (SQS's redrive policy).
+    exhausted: int = 0
 
     @abc.abstractmethod
     def send(self, bodies: Sequence[str]) -> list[str]:
-        """Enqueue ``bodies``; return their message ids in the same order."""
+        """Enqueue ``bodies``; return their message ids in the same order.
+
+        Raises :class:`PartialSend` when some bodies were accepted before a
+        failure, :class:`BodyTooLarge` when every body was but those it names;
+        any other :class:`QueueError` means none was."""
 
     @abc.abstractmethod
     def receive(

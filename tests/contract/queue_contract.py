@@ -129,6 +129,9 @@ class QueueContract:
         assert letter.id == message_id
         assert letter.body == "poison"
         assert letter.reason
+        # Counted where the adapter moves it; SQS's redrive policy moves it
+        # out of sight, so an adapter may count 0 but never more than moved.
+        assert queue.exhausted in (0, 1)
 
     def test_redrive_sends_dead_letters_back(self, queue: Queue) -> None:
         ids = queue.send(["one", "two", "three"])

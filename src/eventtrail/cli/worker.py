@@ -20,11 +20,14 @@ from eventtrail.cli.common import (
     UsageError,
     console,
     err_console,
+    fail,
     settings_from,
 )
+from eventtrail.cli.render import plural
 from eventtrail.config import open_queue, open_store
-from eventtrail.times import parse_duration
-from eventtrail.worker import Worker
+from eventtrail.store import StoreError
+from eventtrail.times import moment_before, parse_duration
+from eventtrail.worker import Worker, open_patiently
 
 __all__ = ["purge", "status", "worker"]
 
@@ -72,6 +75,11 @@ def worker(
     Stops cleanly on Ctrl-C or SIGTERM after finishing its current batch; a
     second signal stops at once (unfinished messages come back after their
     visibility timeout, nothing is lost).
+
+    A queue or store that is locked, full or unreachable is waited for with
+    backoff (logged once when the wait starts and once when it ends); a store
+    that can never work (a corrupt file) stops it with exit code 1, every
+    message left in the queue.
     """
     settings = settings_from(
         backend,
@@ -87,7 +95,14 @@ def worker(
     )
     stop = threading.Event()
     _stop_on_signals(stop)
-    with open_queue(settings) as queue, open_store(settings) as store:
+    queue = open_patiently(lambda: open_queue(settings), stop)
+    store = open_patiently(lambda: open_store(settings), stop) if queue is not None else None
+    if queue is None or store is None:
+        if queue is not None:
+            queue.close()
+        err_console.print("stopped before the queue and the store could be opened")
+        return
+    with queue, store:
         run = Worker.configured(queue, store, settings)
         logging.getLogger("eventtrail.worker").info(
             "consuming %s (%s backend)%s",
@@ -95,7 +110,12 @@ def worker(
             settings.backend,
             ", until drained" if drain else "",
         )
-        total = run.run(drain=drain, stop=stop)
+        try:
+            total = run.run(drain=drain, stop=stop)
+        except StoreError as error:
+            # Waiting cannot help a store that can never work: say so, and
+            # leave every message in the queue for when it is repaired.
+            fail(f"the worker stopped; every message not yet stored stays in the queue: {error}")
     err_console.print(
         f"{total.received} received: {total.stored} stored, {total.retried} to retry,"
         f" {total.dead_lettered} dead-lettered"
@@ -105,7 +125,7 @@ def worker(
 def status(backend: Backend = None, data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
     """Show how many messages wait, are in flight, or are dead letters."""
     settings = settings_from(backend, data_dir, config_file)
-    with open_queue(settings) as queue:
+    with open_queue(settings, read_only=True) as queue:
         stats = queue.stats()
     console.print(f"backend:     {settings.backend}")
     console.print(f"visible:     {stats.visible}")
@@ -141,10 +161,10 @@ def purge(
         if settings.retention_days is None:
             raise UsageError("give --older-than or set EVENTTRAIL_RETENTION_DAYS")
         age = timedelta(days=settings.retention_days)
-    cutoff = datetime.now(UTC) - age
+    cutoff = moment_before(datetime.now(UTC), age)
     with open_store(settings) as store:
         removed = store.purge(cutoff)
-    err_console.print(f"purged {removed} events older than {cutoff.isoformat(timespec='seconds')}")
+    err_console.print(f"purged {plural(removed, 'event')} older than {cutoff.isoformat(timespec='seconds')}")
 
 
 def _aws_retention(retention_days: float | None) -> str:

@@ -11,10 +11,20 @@ dead letters with the last error instead.
 Receives happen in ``BEGIN IMMEDIATE`` transactions, so any number of worker
 processes can share one file without taking a message twice while it is
 hidden, and without losing one.
+
+Every SQLite or file system error becomes a :class:`QueueError`; one that may
+pass (locked past the busy timeout, disk full, I/O error) a
+:class:`TransientQueueError`, which the worker waits out.
+
+The file gives freed pages back as it empties (``auto_vacuum =
+INCREMENTAL``, and an ``incremental_vacuum`` after acknowledgements that
+left many free pages), and deleted bodies are overwritten where that costs no
+extra I/O (``secure_delete = FAST``).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -22,10 +32,29 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from eventtrail.embedded.sqlite import connect, write_transaction
-from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats, UnknownDeadLetter
+from eventtrail.embedded.sqlite import (
+    BUSY_TIMEOUT_MS,
+    Failure,
+    classify,
+    connect,
+    connect_read_only,
+    describe,
+    has_tables,
+    write_transaction,
+)
+from eventtrail.queue import (
+    DeadLetter,
+    Message,
+    Queue,
+    QueueError,
+    QueueStats,
+    TransientQueueError,
+    UnknownDeadLetter,
+)
 
 __all__ = ["SQLiteQueue"]
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -39,6 +68,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     receive_count INTEGER NOT NULL,
     last_error    TEXT
 );
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (visible_at);
 CREATE TABLE IF NOT EXISTS fresh (
     one           INTEGER PRIMARY KEY CHECK (one = 1),
     next_seq      INTEGER NOT NULL
@@ -54,8 +84,20 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
+_TABLES = {"messages", "deliveries", "fresh", "dead_letters"}
+# A receive finds the deliveries due again by time, not by reading every
+# delivery in flight.
+_INDEXES = {"deliveries_due"}
+
 # SQLite's default limit on bound parameters is 32,766; stay far below it.
 _CHUNK = 500
+
+# Free pages (4 KiB each) past which an acknowledgement gives pages back to
+# the file system, and how many it gives back at once: enough that an emptied
+# queue shrinks within a few acknowledgements, few enough that one
+# acknowledgement stays short.
+_VACUUM_FREE_PAGES = 256
+_VACUUM_STEP = 2048
 
 
 def _receipt(seq: int, receive_count: int) -> str:
@@ -98,32 +140,106 @@ def _seq(message_id: str) -> int:
 
 
 class SQLiteQueue(Queue):
-    """The queue port on one SQLite file (created on first use)."""
+    """The queue port on one SQLite file (created on first use).
 
-    def __init__(self, path: Path | str, *, max_receives: int = 5) -> None:
+    ``read_only`` opens an existing file without ever writing to it or
+    creating it (a missing or zero-byte file reads as an empty queue); the
+    commands that only look use it, and answer while a writer holds the lock.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_receives: int = 5,
+        read_only: bool = False,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ) -> None:
         if max_receives < 1:
             raise ValueError("max_receives must be at least 1")
         self.path = Path(path)
         self.max_receives = max_receives
+        self.read_only = read_only
+        self.busy_timeout_ms = busy_timeout_ms
+        self.exhausted = 0
         self._lock = threading.Lock()
+        with self._errors("cannot open the queue"):
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            found = connect_read_only(self.path, busy_timeout_ms=self.busy_timeout_ms)
+            if found is not None:
+                return found
+            # Nothing there yet: answer as an empty queue, without creating a file.
+            empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            empty.executescript(_SCHEMA)
+            return empty
+        # Receives and acknowledgements need no fsync of their own: losing one
+        # to a power cut only delivers a message again, which the store
+        # absorbs. Sends are made durable before they return (see send).
+        db = connect(self.path, synchronous="NORMAL", busy_timeout_ms=self.busy_timeout_ms)
         try:
-            # Receives and acknowledgements need no fsync of their own: losing
-            # one to a power cut only delivers a message again, which the store
-            # absorbs. Sends are made durable before they return (see send).
-            self._db = connect(self.path, synchronous="NORMAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as error:
-            raise QueueError(f"cannot open the queue at {self.path}: {error}") from error
+            db.execute("PRAGMA secure_delete = FAST")
+            # Creating tables takes the write lock: skip it when they exist, so
+            # that opening works while another process holds the lock.
+            if not has_tables(db, _TABLES, _INDEXES):
+                db.executescript(_SCHEMA)
+            self._enable_auto_vacuum(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _enable_auto_vacuum(self, db: sqlite3.Connection) -> None:
+        """Switch a file made before auto_vacuum to it, which takes a VACUUM:
+        done only while the queue is empty, when it costs next to nothing."""
+        (mode,) = db.execute("PRAGMA auto_vacuum").fetchone()
+        if mode != 0:
+            return
+        (waiting,) = db.execute(
+            "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM dead_letters)"
+        ).fetchone()
+        if waiting:
+            return
+        # Never wait for it: another process at work means "not now".
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute("VACUUM")
+        except sqlite3.OperationalError as error:
+            log.info("%s: auto_vacuum not enabled yet (%s)", self.path, error)
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Turn SQLite and file system errors into queue errors naming the cause."""
+        try:
+            yield
+        except UnicodeEncodeError as error:
+            # A lone surrogate: the text cannot be stored as UTF-8.
+            raise QueueError(f"{doing}: a message body is not valid Unicode text ({error.reason})") from error
+        except (sqlite3.Error, OSError) as error:
+            text = f"{doing}: {describe(error, self.path)}"
+            if classify(error) is Failure.TRANSIENT:
+                raise TransientQueueError(text) from error
+            raise QueueError(text) from error
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._errors("cannot close the queue"):
             self._db.close()
 
     def send(self, bodies: Sequence[str]) -> list[str]:
         if not bodies:
             return []
         now = time.time()
-        with self._lock, _durable(self._db), write_transaction(self._db) as db:
+        with (
+            self._errors("cannot send to the queue"),
+            self._lock,
+            _durable(self._db),
+            write_transaction(self._db) as db,
+        ):
             # seq is AUTOINCREMENT: a batch gets consecutive ids after the last one.
             db.executemany(
                 "INSERT INTO messages (body, sent_at) VALUES (?, ?)", [(body, now) for body in bodies]
@@ -149,11 +265,22 @@ class SQLiteQueue(Queue):
     def _receive_now(self, max_messages: int, visibility_timeout: float) -> list[Message]:
         now = time.time()
         hidden_until = now + visibility_timeout
-        with self._lock, write_transaction(self._db) as db:
-            # Messages received before and visible again come first.
+        # An idle poll only reads (two index seeks): the write lock is taken
+        # when there is something to take, so idle workers never hold up senders.
+        with self._errors("cannot receive from the queue"), self._lock:
+            (work,) = self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE visible_at <= ?)"
+                " OR EXISTS (SELECT 1 FROM messages WHERE seq >= (SELECT next_seq FROM fresh))",
+                (now,),
+            ).fetchone()
+        if not work:
+            return []
+        with self._errors("cannot receive from the queue"), self._lock, write_transaction(self._db) as db:
+            # Messages received before and visible again come first, the
+            # longest due first.
             due = db.execute(
                 "SELECT seq, receive_count, last_error FROM deliveries"
-                " WHERE visible_at <= ? ORDER BY seq LIMIT ?",
+                " WHERE visible_at <= ? ORDER BY visible_at, seq LIMIT ?",
                 (now, max_messages),
             ).fetchall()
             exhausted = [
@@ -163,6 +290,7 @@ class SQLiteQueue(Queue):
             ]
             if exhausted:
                 self._move_to_dead_letters(db, exhausted, now)
+                self.exhausted += len(exhausted)
             again = [(seq, count + 1) for seq, count, _ in due if count < self.max_receives]
             db.executemany(
                 "UPDATE deliveries SET visible_at = ?, receive_count = ? WHERE seq = ?",
@@ -218,7 +346,11 @@ class SQLiteQueue(Queue):
 
     def ack(self, messages: Sequence[Message]) -> None:
         runs = _runs(sorted(_parse_receipt(m.receipt) for m in messages))
-        with self._lock, write_transaction(self._db) as db:
+        with (
+            self._errors("cannot acknowledge messages in the queue"),
+            self._lock,
+            write_transaction(self._db) as db,
+        ):
             # A stale receipt (the message was received again since) keeps its
             # delivery row, and so its body.
             db.executemany("DELETE FROM deliveries WHERE seq BETWEEN ? AND ? AND receive_count = ?", runs)
@@ -227,10 +359,29 @@ class SQLiteQueue(Queue):
                 " AND seq NOT IN (SELECT seq FROM deliveries WHERE seq BETWEEN ?1 AND ?2)",
                 [(first, last) for first, last, _ in runs],
             )
+        self._give_pages_back()
+
+    def _give_pages_back(self) -> None:
+        """Truncate the file by up to ``_VACUUM_STEP`` free pages once enough
+        are free (a file made with auto_vacuum; others keep their pages)."""
+        with self._lock:
+            try:
+                (free_pages,) = self._db.execute("PRAGMA freelist_count").fetchone()
+                if free_pages > _VACUUM_FREE_PAGES:
+                    # executescript steps the pragma to its end; execute would
+                    # free a single page.
+                    self._db.executescript(f"PRAGMA incremental_vacuum({_VACUUM_STEP})")
+            except sqlite3.Error as error:
+                # The acknowledgement is committed; the pages wait for the next one.
+                log.info("%s: free pages kept for now (%s)", self.path, error)
 
     def release(self, messages: Sequence[Message], *, delay: float, error: str) -> None:
         visible_at = time.time() + max(delay, 0.0)
-        with self._lock, write_transaction(self._db) as db:
+        with (
+            self._errors("cannot release messages in the queue"),
+            self._lock,
+            write_transaction(self._db) as db,
+        ):
             db.executemany(
                 "UPDATE deliveries SET visible_at = ?, last_error = ? WHERE seq = ? AND receive_count = ?",
                 [(visible_at, error, *_parse_receipt(m.receipt)) for m in messages],
@@ -238,7 +389,11 @@ class SQLiteQueue(Queue):
 
     def dead_letter(self, message: Message, reason: str) -> None:
         seq, count = _parse_receipt(message.receipt)
-        with self._lock, write_transaction(self._db) as db:
+        with (
+            self._errors("cannot dead-letter a message in the queue"),
+            self._lock,
+            write_transaction(self._db) as db,
+        ):
             # A stale receipt means another worker holds the message now; it
             # will reach the same verdict.
             current = db.execute(
@@ -248,7 +403,7 @@ class SQLiteQueue(Queue):
                 self._move_to_dead_letters(db, [(seq, reason)], time.time())
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        with self._lock:
+        with self._errors("cannot read the dead letters of the queue"), self._lock:
             rows = self._db.execute(
                 "SELECT seq, body, reason, receive_count, sent_at, failed_at"
                 " FROM dead_letters ORDER BY seq LIMIT ?",
@@ -257,7 +412,7 @@ class SQLiteQueue(Queue):
         return [DeadLetter(str(row[0]), *row[1:]) for row in rows]
 
     def get_dead_letter(self, message_id: str) -> DeadLetter:
-        with self._lock:
+        with self._errors("cannot read the dead letters of the queue"), self._lock:
             row = self._db.execute(
                 "SELECT seq, body, reason, receive_count, sent_at, failed_at FROM dead_letters WHERE seq = ?",
                 (_seq(message_id),),
@@ -268,7 +423,11 @@ class SQLiteQueue(Queue):
 
     def redrive(self, message_ids: Sequence[str] | None = None) -> int:
         now = time.time()
-        with self._lock, write_transaction(self._db) as db:
+        with (
+            self._errors("cannot redrive dead letters in the queue"),
+            self._lock,
+            write_transaction(self._db) as db,
+        ):
             if message_ids is None:
                 seqs = [row[0] for row in db.execute("SELECT seq FROM dead_letters")]
             else:
@@ -299,7 +458,7 @@ class SQLiteQueue(Queue):
 
     def stats(self) -> QueueStats:
         now = time.time()
-        with self._lock:
+        with self._errors("cannot read the queue"), self._lock:
             again, in_flight = self._db.execute(
                 "SELECT coalesce(sum(visible_at <= ?), 0), coalesce(sum(visible_at > ?), 0) FROM deliveries",
                 (now, now),
