@@ -6,6 +6,11 @@ index per access pattern: ``(request_id, ts)`` for flows, ``(type, ts)`` and
 ``(source, ts)`` for the time-range queries. Ties on the timestamp are ordered
 by id, so two events of a request with the same timestamp are both kept and
 always come back in the same order (invariants 1 and 3).
+
+Every SQLite or file system error becomes a :class:`StoreError`: a
+:class:`TransientStoreError` when it may pass (locked, disk full, I/O error),
+a :class:`CorruptStore` when the file is not a usable database, which no
+retry can help.
 """
 
 from __future__ import annotations
@@ -13,15 +18,26 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from eventtrail.embedded.sqlite import connect, is_busy, write_transaction
+from eventtrail.embedded.sqlite import (
+    BUSY_TIMEOUT_MS,
+    Failure,
+    classify,
+    connect,
+    connect_read_only,
+    describe,
+    has_tables,
+    write_transaction,
+)
 from eventtrail.event import Event
+from eventtrail.readmodels.sqlite import SQLiteReadModels
 from eventtrail.store import (
     DUPLICATE,
     STORED,
@@ -32,9 +48,15 @@ from eventtrail.store import (
     StoreError,
     TransientStoreError,
     format_moment,
+    same_event,
 )
 
-__all__ = ["SQLiteStore"]
+__all__ = ["CorruptStore", "SQLiteStore"]
+
+
+class CorruptStore(StoreError):
+    """The store's file is not a usable database: stop, never retry."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -45,15 +67,22 @@ CREATE TABLE IF NOT EXISTS events (
     source     TEXT NOT NULL,
     data       TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_request ON events (request_id, ts);
-CREATE INDEX IF NOT EXISTS events_by_type ON events (type, ts);
-CREATE INDEX IF NOT EXISTS events_by_source ON events (source, ts);
+CREATE INDEX IF NOT EXISTS events_by_request_time ON events (request_id, ts, id);
+CREATE INDEX IF NOT EXISTS events_by_type_time ON events (type, ts, id);
+CREATE INDEX IF NOT EXISTS events_by_source_time ON events (source, ts, id);
+DROP INDEX IF EXISTS events_by_request;
+DROP INDEX IF EXISTS events_by_type;
+DROP INDEX IF EXISTS events_by_source;
 """
+# Every read orders by (ts, id) within one request, type or source: the id in
+# the index saves a sort per page (no temporary B-tree), whatever the size.
+_INDEXES = {"events_by_request_time", "events_by_type_time", "events_by_source_time"}
 
 _COLUMNS = "id, request_id, ts, type, source, data"
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 _CHUNK = 500
 _PURGE_BATCH = 10_000
+_TABLES = {"events"}
 
 _encode = msgspec.json.Encoder().encode
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
@@ -104,49 +133,81 @@ def _fields_decoder(keys: tuple[str, ...]) -> Callable[[str], tuple[Any, ...]]:
 
 
 def _same_event(stored: Row, new: Row) -> bool:
-    if stored[:5] != new[:5]:
-        return False
-    # Key order in a JSON object carries no meaning; types do (1 is not true).
-    return stored[5] == new[5] or _encode_sorted(_decode_data(stored[5])) == _encode_sorted(
-        _decode_data(new[5])
-    )
+    return stored == new or same_event(_event(stored), _event(new))
 
 
 class SQLiteStore(Store):
-    """The store port on one SQLite file (created on first use)."""
+    """The store port on one SQLite file (created on first use).
 
-    def __init__(self, path: Path | str) -> None:
+    ``read_only`` opens an existing file without ever writing to it or
+    creating it (a missing or zero-byte file reads as an empty store).
+    """
+
+    def __init__(
+        self, path: Path | str, *, read_only: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
+        with self._errors("cannot open the store"):
+            self._db = self._open()
+            self.read_models = SQLiteReadModels(self._db, self._lock, self._errors, read_only=read_only)
+
+    def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            found = connect_read_only(self.path, busy_timeout_ms=self.busy_timeout_ms)
+            if found is not None:
+                return found
+            empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            empty.executescript(_SCHEMA)
+            return empty
+        db = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
         try:
-            self._db = connect(self.path)
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot open the store at {self.path}: {error}") from error
+            # Creating tables takes the write lock: skip it when they exist.
+            # A file made before the current indexes gets them now, once.
+            if not has_tables(db, _TABLES, _INDEXES):
+                db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Turn SQLite and file system errors into store errors naming the cause."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as error:
+            text = f"{doing}: {describe(error, self.path)}"
+            failure = classify(error)
+            if failure is Failure.TRANSIENT:
+                raise TransientStoreError(text) from error
+            if failure is Failure.CORRUPT:
+                raise CorruptStore(text) from error
+            raise StoreError(text) from error
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._errors("cannot close the store"):
             self._db.close()
 
     def append(self, events: Sequence[Event]) -> list[AppendResult]:
         rows = [_row(event) for event in events]
-        try:
-            with self._lock, write_transaction(self._db) as db:
-                # Redeliveries are rare: insert optimistically, and compare with
-                # what is stored only when the unique id says some are not new.
-                db.execute("SAVEPOINT optimistic")
-                try:
-                    db.executemany(_INSERT, rows)
-                except sqlite3.IntegrityError:
-                    db.execute("ROLLBACK TO optimistic")
-                    results = self._append_checked(db, rows)
-                else:
-                    results = [STORED] * len(rows)
-                db.execute("RELEASE optimistic")
-        except sqlite3.OperationalError as error:
-            if is_busy(error):
-                raise TransientStoreError(f"{self.path} is locked: {error}") from error
-            raise StoreError(f"cannot write to {self.path}: {error}") from error
+        with self._errors("cannot write to the store"), self._lock, write_transaction(self._db) as db:
+            # Redeliveries are rare: insert optimistically, and compare with
+            # what is stored only when the unique id says some are not new.
+            db.execute("SAVEPOINT optimistic")
+            try:
+                db.executemany(_INSERT, rows)
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK TO optimistic")
+                results = self._append_checked(db, rows)
+            else:
+                results = [STORED] * len(rows)
+            # The read models count newly stored events only, in this transaction.
+            stored = zip(events, results, strict=True)
+            self.read_models.apply([event for event, result in stored if result is STORED])
+            db.execute("RELEASE optimistic")
         return results
 
     def _append_checked(self, db: sqlite3.Connection, rows: list[Row]) -> list[AppendResult]:
@@ -184,13 +245,8 @@ class SQLiteStore(Store):
         return found
 
     def _query(self, sql: str, parameters: Sequence[object]) -> list[Row]:
-        try:
-            with self._lock:
-                return self._db.execute(sql, parameters).fetchall()
-        except sqlite3.OperationalError as error:
-            if is_busy(error):
-                raise TransientStoreError(f"{self.path} is locked: {error}") from error
-            raise StoreError(f"cannot read {self.path}: {error}") from error
+        with self._errors("cannot read the store"), self._lock:
+            return self._db.execute(sql, parameters).fetchall()
 
     def flow(self, request_id: str) -> list[Event]:
         rows = self._query(
@@ -219,12 +275,9 @@ class SQLiteStore(Store):
             clauses.append("ts < ?")
             parameters.append(until)
         if after is not None:
-            # Written so that the index on (column, ts) bounds the scan.
-            if newest_first:
-                clauses.append("ts <= ? AND (ts < ? OR id < ?)")
-            else:
-                clauses.append("ts >= ? AND (ts > ? OR id > ?)")
-            parameters += [after.timestamp, after.timestamp, after.id]
+            # A row value: the index on (column, ts, id) seeks straight to it.
+            clauses.append("(ts, id) < (?, ?)" if newest_first else "(ts, id) > (?, ?)")
+            parameters += [after.timestamp, after.id]
         order = "DESC" if newest_first else "ASC"
         parameters.append(limit)
         rows = self._query(
@@ -249,21 +302,37 @@ class SQLiteStore(Store):
     def purge(self, older_than: datetime) -> int:
         cutoff = format_moment(older_than)
         removed = 0
-        # Small transactions: a purge must not hold the write lock for long.
-        while True:
-            try:
-                with self._lock, write_transaction(self._db) as db:
+        # Type by type, through the (type, ts, id) index: each batch reads only
+        # what it deletes, never the rest of the table. Small transactions: a
+        # purge must not hold the write lock for long.
+        for event_type in self._types():
+            while True:
+                with self._errors("cannot purge the store"), self._lock, write_transaction(self._db) as db:
                     count = db.execute(
-                        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ? LIMIT ?)",
-                        (cutoff, _PURGE_BATCH),
+                        "DELETE FROM events WHERE rowid IN"
+                        " (SELECT rowid FROM events WHERE type = ? AND ts < ? LIMIT ?)",
+                        (event_type, cutoff, _PURGE_BATCH),
                     ).rowcount
-            except sqlite3.OperationalError as error:
-                if is_busy(error):
-                    raise TransientStoreError(f"{self.path} is locked: {error}") from error
-                raise
-            removed += count
-            if count < _PURGE_BATCH:
-                return removed
+                with self._errors("cannot purge the store"), self._lock:
+                    # Give the freed pages back (a file made with auto_vacuum);
+                    # executescript steps the pragma to its end.
+                    self._db.executescript("PRAGMA incremental_vacuum")
+                removed += count
+                if count < _PURGE_BATCH:
+                    break
+        return removed
+
+    def _types(self) -> list[str]:
+        """The distinct event types, one index seek each (a handful of them,
+        however many events)."""
+        types: list[str] = []
+        while True:
+            rows = self._query(
+                "SELECT type FROM events WHERE type > ? ORDER BY type LIMIT 1", (types[-1] if types else "",)
+            )
+            if not rows:
+                return types
+            types.append(str(rows[0][0]))
 
     def count(self) -> int:
         """How many events are stored."""
