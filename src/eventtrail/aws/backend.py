@@ -19,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from eventtrail.aws.dynamodb import DynamoDBStore
-from eventtrail.aws.sqs import SQSQueue
+from eventtrail.aws.sqs import MAX_BATCH_BYTES, SQSQueue, queue_error
 from eventtrail.queue import QueueError
 from eventtrail.store import StoreError
 
@@ -74,28 +74,34 @@ def dynamodb_client() -> DynamoDBClient:
 
 
 def queue_url(client: SQSClient, name: str) -> str:
-    """The URL of the queue called ``name``; a clear error if it does not exist."""
+    """The URL of the queue called ``name``; a clear error if it does not
+    exist, a :class:`~eventtrail.queue.TransientQueueError` if SQS cannot be
+    reached or asks to wait."""
     try:
         return client.get_queue_url(QueueName=name)["QueueUrl"]
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
             raise QueueError(f"SQS queue {name!r} does not exist (run `eventtrail aws init`)") from None
-        raise QueueError(f"cannot find SQS queue {name!r}: {error}") from None
+        raise queue_error(f"find queue {name!r}", error) from None
     except BotoCoreError as error:
-        raise QueueError(f"cannot reach SQS: {error}") from None
+        raise queue_error(f"find queue {name!r}", error) from None
 
 
-def _max_receives(client: SQSClient, url: str, fallback: int) -> int:
-    """The redrive policy's maxReceiveCount: the queue decides, not the setting."""
+def _limits(client: SQSClient, url: str, fallback_receives: int) -> tuple[int, int]:
+    """The redrive policy's maxReceiveCount and the MaximumMessageSize: the
+    queue decides, not the settings."""
     try:
-        attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+        attributes = client.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["RedrivePolicy", "MaximumMessageSize"]
+        ).get("Attributes", {})
     except (BotoCoreError, ClientError) as error:
-        raise QueueError(f"cannot read the queue's redrive policy: {error}") from None
-    policy = attributes.get("Attributes", {}).get("RedrivePolicy")
-    if not policy:
-        return fallback
-    return int(json.loads(policy).get("maxReceiveCount", fallback))
+        raise queue_error("read the queue's attributes", error) from None
+    policy = attributes.get("RedrivePolicy")
+    max_receives = (
+        int(json.loads(policy).get("maxReceiveCount", fallback_receives)) if policy else fallback_receives
+    )
+    return max_receives, int(attributes.get("MaximumMessageSize") or MAX_BATCH_BYTES)
 
 
 def open_sqs_queue(settings: Settings) -> SQSQueue:
@@ -103,7 +109,8 @@ def open_sqs_queue(settings: Settings) -> SQSQueue:
     client = sqs_client()
     url = queue_url(client, settings.queue_name)
     dlq_url = queue_url(client, settings.dlq_name)
-    return SQSQueue(client, url, dlq_url, max_receives=_max_receives(client, url, settings.max_receives))
+    max_receives, max_message_bytes = _limits(client, url, settings.max_receives)
+    return SQSQueue(client, url, dlq_url, max_receives=max_receives, max_message_bytes=max_message_bytes)
 
 
 def open_dynamodb_store(settings: Settings) -> DynamoDBStore:

@@ -2,12 +2,26 @@
 
 - Sending uses SendMessageBatch: at most 10 entries and at most
   :data:`MAX_BATCH_BYTES` of bodies per call.
+- A send that fails part way raises :class:`~eventtrail.queue.PartialSend`
+  with the message id of every body accepted so far; entries SQS fails on its
+  side are sent again (with :data:`ENTRY_BACKOFF`), entries it refuses as the
+  sender's fault are not. Bodies over the queue's ``MaximumMessageSize`` are
+  not sent: once every other body is, :class:`~eventtrail.queue.BodyTooLarge`
+  names them (so do entries SQS refuses for their size).
 - Receiving long-polls; SQS counts visibility and waits in whole seconds, so
   both are rounded up. A receive of more than 10 messages makes several calls
   while they come back full.
 - Acknowledging is DeleteMessageBatch; releasing is
   ChangeMessageVisibilityBatch (SQS cannot keep the error: a message that the
   redrive policy moves to the DLQ says how many receives it took instead).
+  Entries these fail on SQS's side are retried like a send's; entries failed
+  as the sender's fault have stale receipts, which the newer delivery settles.
+- Every failure is a :class:`~eventtrail.queue.QueueError`; one that may pass
+  (the network, a timeout, throttling, a 5xx) is a
+  :class:`~eventtrail.queue.TransientQueueError`, which the worker waits out.
+  botocore has already retried the call (``CLIENT_CONFIG`` in
+  :mod:`eventtrail.aws.backend`); this adapter retries only what a call that
+  succeeded left undone, its failed entries.
 - Dead letters are the messages of the DLQ. :meth:`SQSQueue.dead_letter`
   sends the body there with the reason and the original message id as message
   attributes, then deletes it from the queue. Listing receives the DLQ's
@@ -22,25 +36,38 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import botocore.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
 
-from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats, UnknownDeadLetter
+from eventtrail.queue import (
+    BodyTooLarge,
+    DeadLetter,
+    Message,
+    PartialSend,
+    Queue,
+    QueueError,
+    QueueStats,
+    TransientQueueError,
+    UnknownDeadLetter,
+)
+from eventtrail.retry import Backoff
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 __all__ = [
+    "ENTRY_BACKOFF",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_ENTRIES",
     "DeadLetterEntry",
     "SQSQueue",
     "dead_letter_attributes",
+    "queue_error",
     "send_dead_letters",
 ]
 
@@ -64,6 +91,32 @@ MAX_REASON_CHARS = 1000
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 #: How long listing the DLQ hides its messages before making them visible again.
 _PEEK_SECONDS = 30
+
+#: Retries of the entries of a batch call that SQS failed on its side while
+#: the call itself succeeded (botocore retries failed calls, not failed
+#: entries): 3 calls at most per batch, each tried up to 3 times by botocore.
+ENTRY_BACKOFF = Backoff(attempts=3, base=0.1, cap=1.0)
+
+#: Error codes of a batch entry refused for its size.
+_TOO_LONG_CODES = frozenset({"BatchEntryTooLong", "MessageTooLong"})
+
+#: Error codes of failures that may pass, besides any answer with HTTP status
+#: 429 or 5xx. SQS's JSON protocol also reports some with an
+#: ``AWS.SimpleQueueService.`` prefix.
+_MAY_PASS_CODES = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "KmsThrottled",
+        "OverLimit",
+        "RequestThrottled",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+    }
+)
 
 
 def dead_letter_attributes(
@@ -141,15 +194,87 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _code_may_pass(code: str) -> bool:
+    return code.removeprefix("AWS.SimpleQueueService.") in _MAY_PASS_CODES
+
+
+def _may_pass(error: BotoCoreError | ClientError) -> bool:
+    if isinstance(error, ClientError):
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return (
+            status == 429 or status >= 500 or _code_may_pass(error.response.get("Error", {}).get("Code", ""))
+        )
+    # Refused, reset, closed or timed out connections; not missing
+    # credentials, a missing region or a bad parameter, which stay.
+    return isinstance(
+        error,
+        botocore.exceptions.ConnectionError
+        | botocore.exceptions.HTTPClientError
+        | botocore.exceptions.IncompleteReadError,
+    )
+
+
+def queue_error(doing: str, error: BotoCoreError | ClientError) -> QueueError:
+    """The one-line :class:`QueueError` for a botocore failure while
+    ``doing`` something: a :class:`TransientQueueError` if it may pass."""
+    if isinstance(error, ClientError):
+        text = f"SQS could not {doing}: {_describe(error)}"
+    else:
+        text = f"cannot reach SQS to {doing}: {_describe(error)}"
+    return TransientQueueError(text) if _may_pass(error) else QueueError(text)
+
+
 @contextmanager
 def _sqs_errors(doing: str) -> Iterator[None]:
     """Turn botocore's errors into one-line :class:`QueueError`s."""
     try:
         yield
-    except ClientError as error:
-        raise QueueError(f"SQS could not {doing}: {_describe(error)}") from None
-    except BotoCoreError as error:
-        raise QueueError(f"cannot reach SQS to {doing}: {_describe(error)}") from None
+    except (BotoCoreError, ClientError) as error:
+        raise queue_error(doing, error) from None
+
+
+def _settle_entries(
+    call: Callable[[list[dict[str, Any]]], Mapping[str, Any]],
+    entries: Sequence[dict[str, Any]],
+    *,
+    doing: str,
+    backoff: Backoff,
+    refused: Callable[[Mapping[str, Any]], QueueError | None] | None = None,
+    on_success: Callable[[Mapping[str, Any]], None] | None = None,
+) -> None:
+    """Make one batch call for ``entries`` (each with a unique ``Id``) and
+    make it again for the entries SQS failed on its side, with ``backoff``.
+
+    An entry failed as the sender's fault is never retried: with ``refused``
+    it raises the error ``refused`` makes of it, if any (a send SQS refuses);
+    without, it is a stale receipt (a delete or visibility change of a
+    message that was redelivered meanwhile), which the newer delivery
+    settles. Raises :class:`TransientQueueError` when entries are still
+    failing at the end.
+    """
+    pending = {entry["Id"]: entry for entry in entries}
+    failed: list[Mapping[str, Any]] = []
+    for _attempt in backoff.delays():
+        with _sqs_errors(doing):
+            response = call(list(pending.values()))
+        for entry in response.get("Successful", []):
+            if on_success is not None:
+                on_success(entry)
+            pending.pop(entry["Id"], None)
+        failed = list(response.get("Failed", []))
+        for entry in failed:
+            if entry.get("SenderFault") and not _code_may_pass(entry.get("Code", "")):
+                if refused is not None and (error := refused(entry)) is not None:
+                    raise error
+                pending.pop(entry["Id"], None)
+        if not pending:
+            return
+    still = [entry for entry in failed if entry["Id"] in pending]
+    first = still[0] if still else {}
+    raise TransientQueueError(
+        f"SQS could not {doing} ({len(pending)} failed {backoff.attempts} times):"
+        f" {first.get('Code', 'no answer')}: {first.get('Message', '')}".rstrip(": ")
+    )
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -163,21 +288,39 @@ def _seconds(value: float, upper: int) -> int:
 
 class SQSQueue(Queue):
     """A standard SQS queue and its DLQ (``max_receives`` is the redrive
-    policy's ``maxReceiveCount``, read from the queue)."""
+    policy's ``maxReceiveCount`` and ``max_message_bytes`` its
+    ``MaximumMessageSize``, both read from the queue; ``entry_backoff``
+    retries the entries a batch call failed)."""
 
-    def __init__(self, client: SQSClient, queue_url: str, dlq_url: str, *, max_receives: int) -> None:
+    def __init__(
+        self,
+        client: SQSClient,
+        queue_url: str,
+        dlq_url: str,
+        *,
+        max_receives: int,
+        max_message_bytes: int = MAX_BATCH_BYTES,
+        entry_backoff: Backoff = ENTRY_BACKOFF,
+    ) -> None:
         self.client = client
         self.queue_url = queue_url
         self.dlq_url = dlq_url
         self.max_receives = max_receives
+        self.max_message_bytes = max_message_bytes
+        self.entry_backoff = entry_backoff
 
     # -- sending --------------------------------------------------------------
 
-    def _batches(self, bodies: Sequence[str]) -> Iterator[list[tuple[int, str]]]:
+    def _batches(self, bodies: Sequence[str], too_large: list[int]) -> Iterator[list[tuple[int, str]]]:
+        """``bodies`` in batches that SQS takes, with their indexes; the
+        indexes of bodies over the queue's size limit go to ``too_large``."""
         batch: list[tuple[int, str]] = []
         size = 0
         for index, body in enumerate(bodies):
             body_size = len(body.encode("utf-8", "surrogatepass"))
+            if body_size > self.max_message_bytes:
+                too_large.append(index)
+                continue
             if batch and (len(batch) == MAX_BATCH_ENTRIES or size + body_size > MAX_BATCH_BYTES):
                 yield batch
                 batch, size = [], 0
@@ -187,33 +330,43 @@ class SQSQueue(Queue):
             yield batch
 
     def send(self, bodies: Sequence[str]) -> list[str]:
-        ids: list[str] = [""] * len(bodies)
-        for batch in self._batches(bodies):
-            pending = {str(index): body for index, body in batch}
-            for attempt in range(5):
-                if attempt:
-                    time.sleep(0.05 * 2**attempt)
-                with _sqs_errors("send messages"):
-                    response = self.client.send_message_batch(
-                        QueueUrl=self.queue_url,
-                        Entries=[{"Id": key, "MessageBody": body} for key, body in pending.items()],
-                    )
-                for entry in response.get("Successful", []):
-                    ids[int(entry["Id"])] = entry["MessageId"]
-                    del pending[entry["Id"]]
-                failed = response.get("Failed", [])
-                refused = [entry for entry in failed if entry.get("SenderFault")]
-                if refused:
-                    first = refused[0]
-                    raise QueueError(
-                        f"SQS refused message {int(first['Id']) + 1}:"
-                        f" {first.get('Code')}: {first.get('Message', '')}"
-                    )
-                if not pending:
-                    break
-            else:
-                raise QueueError(f"SQS did not take {len(pending)} messages after 5 attempts")
-        return ids
+        ids: list[str | None] = [None] * len(bodies)
+        too_large: list[int] = []
+        for batch in self._batches(bodies, too_large):
+            try:
+                self._send_batch(batch, ids, too_large)
+            except QueueError as error:
+                if any(found is not None for found in ids):
+                    raise PartialSend(ids, error) from None
+                raise
+        if too_large:
+            raise BodyTooLarge(
+                sorted(too_large),
+                f"SQS refused {len(too_large)} of {len(bodies)} messages for their size"
+                f" (the queue's MaximumMessageSize is {self.max_message_bytes:,} bytes)",
+            )
+        return [found for found in ids if found is not None]
+
+    def _send_batch(self, batch: list[tuple[int, str]], ids: list[str | None], too_large: list[int]) -> None:
+        def record(entry: Mapping[str, Any]) -> None:
+            ids[int(entry["Id"])] = entry["MessageId"]
+
+        def refused(entry: Mapping[str, Any]) -> QueueError | None:
+            if entry.get("Code") in _TOO_LONG_CODES:
+                too_large.append(int(entry["Id"]))
+                return None
+            return QueueError(
+                f"SQS refused message {int(entry['Id']) + 1}: {entry.get('Code')}: {entry.get('Message', '')}"
+            )
+
+        _settle_entries(
+            lambda entries: self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries),  # type: ignore[arg-type]
+            [{"Id": str(index), "MessageBody": body} for index, body in batch],
+            doing="send messages",
+            backoff=self.entry_backoff,
+            refused=refused,
+            on_success=record,
+        )
 
     # -- receiving and settling -----------------------------------------------
 
@@ -237,7 +390,14 @@ class SQSQueue(Queue):
         messages: list[Message] = []
         while len(messages) < max_messages:
             count = min(MAX_BATCH_ENTRIES, max_messages - len(messages))
-            received = self._receive_once(self.queue_url, count, visibility, 0 if messages else wait)
+            try:
+                received = self._receive_once(self.queue_url, count, visibility, 0 if messages else wait)
+            except QueueError:
+                if not messages:
+                    raise
+                # The messages in hand are hidden already: process them now
+                # rather than let them wait out their visibility timeout.
+                break
             messages += [self._message(raw) for raw in received]
             if len(received) < count:
                 break
@@ -256,24 +416,24 @@ class SQSQueue(Queue):
 
     def _delete(self, url: str, receipts: Sequence[str]) -> None:
         for chunk in _chunks(receipts, MAX_BATCH_ENTRIES):
-            with _sqs_errors("delete messages"):
-                self.client.delete_message_batch(
-                    QueueUrl=url,
-                    Entries=[{"Id": str(n), "ReceiptHandle": receipt} for n, receipt in enumerate(chunk)],
-                )
-            # Failed entries are stale receipts (redelivered meanwhile): the
-            # newer delivery settles them.
+            _settle_entries(
+                lambda entries: self.client.delete_message_batch(QueueUrl=url, Entries=entries),  # type: ignore[arg-type]
+                [{"Id": str(n), "ReceiptHandle": receipt} for n, receipt in enumerate(chunk)],
+                doing="delete messages",
+                backoff=self.entry_backoff,
+            )
 
     def _change_visibility(self, url: str, receipts: Sequence[str], seconds: int) -> None:
         for chunk in _chunks(receipts, MAX_BATCH_ENTRIES):
-            with _sqs_errors("change message visibility"):
-                self.client.change_message_visibility_batch(
-                    QueueUrl=url,
-                    Entries=[
-                        {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
-                        for n, receipt in enumerate(chunk)
-                    ],
-                )
+            _settle_entries(
+                lambda entries: self.client.change_message_visibility_batch(QueueUrl=url, Entries=entries),  # type: ignore[arg-type]
+                [
+                    {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
+                    for n, receipt in enumerate(chunk)
+                ],
+                doing="change message visibility",
+                backoff=self.entry_backoff,
+            )
 
     def ack(self, messages: Sequence[Message]) -> None:
         self._delete(self.queue_url, [message.receipt for message in messages])
@@ -379,7 +539,21 @@ class SQSQueue(Queue):
                 chosen = [(letter, receipt) for letter, receipt in held if letter.id in wanted]
             # Sent first, deleted after: a failure in between duplicates a
             # message (the store keeps one copy), it never loses one.
-            self.send([letter.body for letter, _ in chosen])
+            try:
+                self.send([letter.body for letter, _ in chosen])
+            except PartialSend as partial:
+                # What reached the queue leaves the DLQ; the rest stays there.
+                self._delete(
+                    self.dlq_url,
+                    [receipt for (_, receipt), found in zip(chosen, partial.ids, strict=True) if found],
+                )
+                raise
+            except BodyTooLarge as refused:
+                kept = set(refused.indexes)
+                self._delete(
+                    self.dlq_url, [receipt for n, (_, receipt) in enumerate(chosen) if n not in kept]
+                )
+                raise
             self._delete(self.dlq_url, [receipt for _, receipt in chosen])
         return len({letter.id for letter, _ in chosen})
 
