@@ -1,15 +1,22 @@
 """What the gateway costs: the same load against (a) a trivial upstream
-alone, (b) the gateway in front of it with event recording off, and (c) the
-gateway recording every call into the embedded queue, in one run.
+alone, (b) the gateway in front of it with event recording off, (c) the
+gateway recording every call into the embedded queue, and (n) nginx in front
+of the same upstream writing a JSON access log, in one run.
 
 Each server is its own process on a loopback port (uvicorn; the gateway with
-uvloop and httptools when installed); the load generator is ``wrk`` (Debian:
-``apt-get install wrk``) with a fixed number of connections. Rounds
-alternate a, b, c so that the machine's noise falls on all three alike;
-the figures are the medians of the rounds. Targets: (c) keeps at least 90%
-of (b)'s throughput and adds under 0.5 ms to its p50 latency.
+uvloop and httptools when installed; nginx with one worker, no master); the
+load generator is ``wrk`` (Debian: ``apt-get install wrk nginx``) with a
+fixed number of connections. Rounds alternate a, b, c, n so that the
+machine's noise falls on all of them alike; the figures are the medians of
+the rounds, and the ratios are also given per round. Targets: (c) keeps at
+least 90% of (b)'s throughput and adds under 0.5 ms to its p50 latency, and
+(c) serves at least half of nginx's (n) throughput.
 
     .venv/bin/python benchmarks/gateway.py [--seconds 10] [--rounds 3] [--connections 32]
+        [--workers N] [--only a,b,c,n]
+
+``--workers N`` runs both gateways with N processes sharing their port
+(SO_REUSEPORT) and nginx with N worker processes.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 THROUGHPUT_TARGET = 0.90
+NGINX_TARGET = 0.5
 ADDED_P50_TARGET_MS = 0.5
 UPSTREAM_BODY = b'{"ok":true}'
 
@@ -57,12 +65,10 @@ def serve_upstream(port: int) -> None:
     uvicorn.run(upstream_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def serve_gateway(port: int, upstream_port: int, record: bool, data_dir: str) -> None:
-    import uvicorn
-
+def serve_gateway(port: int, upstream_port: int, record: bool, data_dir: str, workers: int) -> None:
     from eventtrail.config import load_settings
-    from eventtrail.gateway import build_app, open_publisher, parse_gateway_config
-    from eventtrail.gateway.serve import server_config, tune_gc
+    from eventtrail.gateway import parse_gateway_config
+    from eventtrail.gateway.serve import serve_gateway as serve
 
     config = parse_gateway_config(
         {
@@ -73,19 +79,61 @@ def serve_gateway(port: int, upstream_port: int, record: bool, data_dir: str) ->
         }
     )
     settings = load_settings({"backend": "local", "data_dir": data_dir}, environ={})
-    publisher = open_publisher(config, settings) if record else None
-    server = uvicorn.Server(server_config(build_app(config, publisher), "127.0.0.1", port))
-    tune_gc()  # as `eventtrail gateway` does
-    try:
-        server.run()
-    finally:
-        if publisher is not None:
-            counts = publisher.close()
-            print(
-                f"gateway publisher: {counts.published} published, {counts.sent} sent,"
-                f" {counts.spilled} spilled, {counts.dropped} dropped",
-                file=sys.stderr,
-            )
+    # As `eventtrail gateway` runs it: its publisher, tune_gc(), and its workers.
+    for counts in serve(config, settings if record else None, "127.0.0.1", port, workers=workers):
+        print(
+            f"gateway publisher: {counts.published} published, {counts.sent} sent,"
+            f" {counts.spilled} spilled, {counts.dropped} dropped",
+            file=sys.stderr,
+        )
+
+
+_NGINX_LOG_FORMAT = (
+    '{"time_iso8601":"$time_iso8601","msec":"$msec","request_id":"$request_id",'
+    '"request_method":"$request_method","uri":"$uri","status":"$status",'
+    '"request_time":"$request_time","upstream_addr":"$upstream_addr",'
+    '"upstream_status":"$upstream_status","upstream_response_time":"$upstream_response_time",'
+    '"upstream_connect_time":"$upstream_connect_time","service":"$service"}'
+)
+
+
+def nginx_config(folder: Path, port: int, upstream_port: int, workers: int) -> Path:
+    """nginx as users run it in front of a service: proxy_pass over a
+    keep-alive pool, a buffered JSON access log with what a call event needs."""
+    text = f"""
+daemon off;
+master_process {"on" if workers > 1 else "off"};
+worker_processes {workers};
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    log_format trail escape=json '{_NGINX_LOG_FORMAT}';
+    upstream service_a {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port}{" reuseport" if workers > 1 else ""};
+        access_log {folder}/access.log trail buffer=64k flush=1s;
+        location /a/ {{
+            set $service "Upstream";
+            proxy_pass http://service_a/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Request-Id $request_id;
+        }}
+    }}
+}}
+"""
+    path = folder / "nginx.conf"
+    path.write_text(text)
+    return path
 
 
 def free_port() -> int:
@@ -110,12 +158,14 @@ def wait_for(port: int, timeout: float = 20.0) -> None:
 
 
 @contextmanager
-def process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    child = subprocess.Popen([sys.executable, __file__, *args])
+def process(
+    *args: str, command: list[str] | None = None, stop: int = signal.SIGINT
+) -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen(command or [sys.executable, __file__, *args])
     try:
         yield child
     finally:
-        child.send_signal(signal.SIGINT)
+        child.send_signal(stop)
         try:
             child.wait(30)
         except subprocess.TimeoutExpired:
@@ -133,18 +183,45 @@ class Load:
     cpu_us_per_request: float = 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
-def measured(url: str, seconds: int, connections: int, pid: int) -> Load:
-    """A wrk run, with the CPU time the server process spent per request."""
-    before = cpu_seconds(pid)
+def serving_pids(pid: int, workers: int) -> list[int]:
+    """The processes that serve requests: ``pid`` alone, or its worker
+    children when it has several (their own children, the gateway's queue
+    processes, are not counted)."""
+    if workers == 1:
+        return [pid]
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int(_stat(int(entry.name))[1]) == pid:
+                    children.append(int(entry.name))
+    return [pid, *children]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = _stat(pid)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measured(url: str, seconds: int, connections: int, pids: list[int]) -> Load:
+    """A wrk run, with the CPU time the serving processes spent per request."""
+    before = cpu_seconds(pids)
     load = wrk(url, seconds, connections)
-    load.cpu_us_per_request = (cpu_seconds(pid) - before) / max(load.requests, 1) * 1e6
+    load.cpu_us_per_request = (cpu_seconds(pids) - before) / max(load.requests, 1) * 1e6
     return load
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -179,11 +256,21 @@ def queued_messages(data_dir: Path) -> int:
         return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
 
 
+SETUPS = {
+    "a": "(a) upstream alone",
+    "b": "(b) gateway, recording off",
+    "c": "(c) gateway, recording events",
+    "n": "(n) nginx, JSON access log",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="processes per gateway, workers of nginx")
+    parser.add_argument("--only", default="a,b,c,n", help="the setups to load, of a,b,c,n")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve:
@@ -193,65 +280,110 @@ def main() -> None:
             if role == "upstream":
                 serve_upstream(int(args[0]))
             else:
-                serve_gateway(int(args[0]), int(args[1]), args[2] == "record", args[3])
+                serve_gateway(int(args[0]), int(args[1]), args[2] == "record", args[3], int(args[4]))
         return
+    chosen = [name for name in options.only.split(",") if name]
+    if unknown := set(chosen) - set(SETUPS):
+        sys.exit(f"--only: unknown setups {sorted(unknown)}")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    if "n" in chosen and not Path(nginx).exists():
+        sys.exit("nginx is not installed (Debian: apt-get install nginx), or leave it out: --only a,b,c")
+    workers = options.workers
     data_dir = Path(tempfile.mkdtemp(prefix="eventtrail-bench-"))
-    up, plain, recording = free_port(), free_port(), free_port()
-    results: dict[str, list[Load]] = {"a": [], "b": [], "c": []}
-    with (
-        process("--serve", "upstream", str(up)) as upstream_process,
-        process("--serve", "gateway", str(plain), str(up), "off", str(data_dir / "off")) as plain_process,
-        process(
-            "--serve", "gateway", str(recording), str(up), "record", str(data_dir / "on")
-        ) as recording_process,
-    ):
-        pids = {"a": upstream_process.pid, "b": plain_process.pid, "c": recording_process.pid}
-        for port in (up, plain, recording):
-            wait_for(port)
-        urls = {
-            "a": f"http://127.0.0.1:{up}/orders/42",
-            "b": f"http://127.0.0.1:{plain}/a/orders/42",
-            "c": f"http://127.0.0.1:{recording}/a/orders/42",
+    ports = {name: free_port() for name in SETUPS}
+    up = ports["a"]
+    results: dict[str, list[Load]] = {name: [] for name in chosen}
+    loads: list[str] = [load_average()]
+    with contextlib.ExitStack() as running:
+        servers = {
+            "a": lambda: process("--serve", "upstream", str(up)),
+            "b": lambda: process(
+                "--serve", "gateway", str(ports["b"]), str(up), "off", str(data_dir / "off"), str(workers)
+            ),
+            "c": lambda: process(
+                "--serve", "gateway", str(ports["c"]), str(up), "record", str(data_dir / "on"), str(workers)
+            ),
+            "n": lambda: process(
+                command=[
+                    nginx,
+                    "-p",
+                    str(data_dir),
+                    "-e",
+                    str(data_dir / "error.log"),
+                    "-c",
+                    str(nginx_config(data_dir, ports["n"], up, workers)),
+                ],
+                stop=signal.SIGQUIT,
+            ),
         }
+        pids = {name: running.enter_context(servers[name]()).pid for name in {"a", *chosen}}
+        for name in pids:
+            wait_for(ports[name])
+        paths = {"a": "/orders/42"}
+        urls = {name: f"http://127.0.0.1:{ports[name]}{paths.get(name, '/a/orders/42')}" for name in chosen}
+        time.sleep(1.0)  # every worker of a gateway is up
         for url in urls.values():  # warm up connections and code paths
             wrk(url, 1, options.connections)
         for _ in range(options.rounds):
             for name, url in urls.items():
-                results[name].append(measured(url, options.seconds, options.connections, pids[name]))
+                serving = serving_pids(pids[name], 1 if name == "a" else workers)
+                results[name].append(measured(url, options.seconds, options.connections, serving))
+            loads.append(load_average())
         time.sleep(0.5)  # the last batch leaves the buffer within flush_interval
-    events = queued_messages(data_dir / "on")
+    events = queued_messages(data_dir / "on") if "c" in chosen else 0
+    nginx_lines = 0
+    if "n" in chosen and (data_dir / "access.log").exists():
+        nginx_lines = len((data_dir / "access.log").read_bytes().splitlines())
     shutil.rmtree(data_dir, ignore_errors=True)
 
     def median(name: str, field: str) -> float:
         return float(statistics.median(getattr(load, field) for load in results[name]))
 
+    def ratio(top: str, bottom: str) -> str:
+        per_round = [
+            high.requests_per_second / low.requests_per_second
+            for high, low in zip(results[top], results[bottom], strict=True)
+        ]
+        overall = median(top, "requests_per_second") / median(bottom, "requests_per_second")
+        return f"{overall:.2f}x (per round: {', '.join(f'{value:.2f}' for value in per_round)})"
+
     print(
         f"wrk -t1 -c{options.connections}, {options.rounds} rounds of {options.seconds}s,"
-        f" {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+        f" {workers} worker process(es) per server, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
-    labels = {
-        "a": "(a) upstream alone",
-        "b": "(b) gateway, recording off",
-        "c": "(c) gateway, recording events",
-    }
-    for name, label in labels.items():
+    print(f"load average (1, 5, 15 min) at start and after each round: {' | '.join(loads)}")
+    for name in chosen:
         errors = sum(load.errors for load in results[name])
         print(
-            f"{label:32} {median(name, 'requests_per_second'):>9,.0f} req/s"
+            f"{SETUPS[name]:32} {median(name, 'requests_per_second'):>9,.0f} req/s"
             f"  p50 {median(name, 'p50_ms'):.2f} ms  p99 {median(name, 'p99_ms'):.2f} ms"
             f"  server CPU {median(name, 'cpu_us_per_request'):.0f} us/request  errors {errors}"
         )
-    c_over_b = median("c", "requests_per_second") / median("b", "requests_per_second")
-    b_over_a = median("b", "requests_per_second") / median("a", "requests_per_second")
-    added_p50 = median("c", "p50_ms") - median("b", "p50_ms")
-    print(f"(c)/(b) throughput: {c_over_b:.0%} (target >= {THROUGHPUT_TARGET:.0%})")
-    print(f"(c) - (b) p50 latency: {added_p50:+.2f} ms (target < {ADDED_P50_TARGET_MS} ms)")
-    print(f"(b)/(a) throughput: {b_over_a:.0%} (the proxy's own cost)")
-    print(f"events in the queue after (c): {events:,} (two per request)")
-    meets = c_over_b >= THROUGHPUT_TARGET and added_p50 < ADDED_P50_TARGET_MS
-    print(f"targets: {'met' if meets else 'NOT met'}")
+    verdicts = []
+    if {"b", "c"} <= set(chosen):
+        c_over_b = median("c", "requests_per_second") / median("b", "requests_per_second")
+        added_p50 = median("c", "p50_ms") - median("b", "p50_ms")
+        print(f"(c)/(b) throughput: {ratio('c', 'b')} (target >= {THROUGHPUT_TARGET:.2f}x)")
+        print(f"(c) - (b) p50 latency: {added_p50:+.2f} ms (target < {ADDED_P50_TARGET_MS} ms)")
+        verdicts += [c_over_b >= THROUGHPUT_TARGET, added_p50 < ADDED_P50_TARGET_MS]
+    if {"c", "n"} <= set(chosen):
+        c_over_n = median("c", "requests_per_second") / median("n", "requests_per_second")
+        print(f"(c)/(n) throughput: {ratio('c', 'n')} (target >= {NGINX_TARGET:.2f}x)")
+        verdicts.append(c_over_n >= NGINX_TARGET)
+    if {"b", "n"} <= set(chosen):
+        print(f"(b)/(n) throughput: {ratio('b', 'n')} (the proxy alone against nginx)")
+    if {"a", "b"} <= set(chosen):
+        print(f"(b)/(a) throughput: {ratio('b', 'a')} (the proxy's own cost)")
+    if {"a", "n"} <= set(chosen):
+        print(f"(n)/(a) throughput: {ratio('n', 'a')} (nginx's own cost)")
+    if "n" in chosen:
+        print(f"lines in nginx's access log: {nginx_lines:,} (one per request)")
+    if "c" in chosen:
+        print(f"events in the queue after (c): {events:,} (two per request)")
+    if verdicts:
+        print(f"targets: {'met' if all(verdicts) else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from eventtrail.config import ConfigError
-from eventtrail.gateway.config import load_gateway_config, parse_gateway_config
+from eventtrail.gateway.config import ServerLimits, load_gateway_config, parse_gateway_config
+from eventtrail.gateway.proxy import build_app
 from eventtrail.gateway.requestid import request_id_from, trace_id_of
+from eventtrail.gateway.serve import GuardedHttpProtocol, server_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
 
@@ -21,6 +23,26 @@ def test_the_example_config_loads() -> None:
         ("/b", "Microservice B", "http://127.0.0.1:9002", 2.0),
     ]
     assert config.recording.redact_query == ["session"]
+    assert config.recording.max_value_chars == 1024
+    assert config.server == ServerLimits(
+        max_header_bytes=32768, header_timeout=30.0, keep_alive_timeout=5.0, max_connections=1024
+    )
+
+
+def test_server_limits_reach_uvicorn() -> None:
+    config = parse_gateway_config(
+        {
+            "routes": [{"prefix": "/a", "service": "A", "upstream": "http://x"}],
+            "server": {"max_header_bytes": 4096, "header_timeout": 2.5, "max_connections": 7},
+        }
+    )
+    uvicorn_config = server_config(build_app(config), "127.0.0.1", 0)
+    protocol = uvicorn_config.http
+    assert isinstance(protocol, type) and issubclass(protocol, GuardedHttpProtocol)
+    assert protocol.limits == config.server
+    assert uvicorn_config.limit_concurrency == 7
+    # Any other app gets the defaults.
+    assert server_config(object(), "127.0.0.1", 0).http.limits == ServerLimits()  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -48,6 +70,43 @@ def test_the_example_config_loads() -> None:
                 ]
             },
             "gateway config: prefix '/a' is routed twice",
+        ),
+        (
+            {"routes": [{"prefix": "/a/../b", "service": "A", "upstream": "http://x"}]},
+            "gateway config at routes[0]: prefix '/a/../b' must be a plain path: no '.' or '..' segment,"
+            " no '//', no '%', '\\', '?', '#' or control character",
+        ),
+        (
+            {"routes": [{"prefix": "/a%2F", "service": "A", "upstream": "http://x"}]},
+            "gateway config at routes[0]: prefix '/a%2F' must be a plain path: no '.' or '..' segment,"
+            " no '//', no '%', '\\', '?', '#' or control character",
+        ),
+        (
+            {"routes": [{"prefix": "/a", "service": "A", "upstream": "http://user:pw@x"}]},
+            "gateway config at routes[0]: upstream 'http://user:pw@x' must not have a user or password",
+        ),
+        (
+            {"routes": [{"prefix": "/a", "service": "A", "upstream": "http://x/a//b"}]},
+            "gateway config at routes[0]: upstream 'http://x/a//b' must have a plain path:"
+            " no '.' or '..' segment, no '//'",
+        ),
+        (
+            {"routes": [{"prefix": "/a", "service": "A", "upstream": "http://x/?q=1"}]},
+            "gateway config at routes[0]: upstream 'http://x/?q=1' must not have a query or fragment",
+        ),
+        (
+            {
+                "routes": [{"prefix": "/a", "service": "A", "upstream": "http://x"}],
+                "server": {"max_header_bytes": 10},
+            },
+            "gateway config at server.max_header_bytes: expected `int` >= 1024",
+        ),
+        (
+            {
+                "routes": [{"prefix": "/a", "service": "A", "upstream": "http://x"}],
+                "recording": {"max_value_chars": 10_000_000},
+            },
+            "gateway config at recording.max_value_chars: expected `int` <= 16384",
         ),
     ],
 )

@@ -3,6 +3,9 @@ events each call leaves in the queue."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -34,9 +37,20 @@ def test_a_prefix_routes_to_its_upstream_with_path_query_and_body(make_gateway: 
 
 def test_the_path_goes_upstream_exactly_as_encoded(make_gateway: GatewayFactory) -> None:
     gateway = make_gateway()
-    answer = httpx.get(f"{gateway.url}/echo/files/a%2Fb%20c")
-    assert answer.json()["rawPath"] == "/files/a%2Fb%20c"
+    answer = httpx.get(f"{gateway.url}/echo/files/a%20b%C3%A9;v=1/x%3Fy")
+    assert answer.json()["rawPath"] == "/files/a%20b%C3%A9;v=1/x%3Fy"
     assert httpx.get(f"{gateway.url}/echo").json()["path"] == "/"
+
+
+def test_an_encoded_slash_is_refused_not_forwarded(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    answer = httpx.get(f"{gateway.url}/echo/files/a%2Fb", headers={"X-Request-Id": "r-slash"})
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": "an encoded slash, backslash, dot or control character in the path",
+        "requestId": "r-slash",
+    }
+    assert "eventtrail_gateway_rejected_requests_total 1" in httpx.get(f"{gateway.url}/metrics").text
 
 
 def test_the_longest_prefix_wins_and_an_unknown_one_is_404(
@@ -262,3 +276,75 @@ def test_recording_off_proxies_and_publishes_nothing(make_gateway: GatewayFactor
     assert (answer.status_code, answer.headers["x-request-id"]) == (200, "quiet")
     gateway.stop()
     assert queued_events(tmp_path / "queue.db") == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 64 * 1024, 64 * 1024 + 1, 3 * 1024 * 1024 + 7])
+def test_request_bodies_of_any_size_arrive_whole(make_gateway: GatewayFactory, size: int) -> None:
+    gateway = make_gateway()
+    sized = httpx.post(f"{gateway.url}/echo/upload", content=b"b" * size)
+    streamed = httpx.post(
+        f"{gateway.url}/echo/upload", content=iter([b"c" * (size // 2), b"d" * (size - size // 2)])
+    )
+    assert (sized.status_code, sized.json()["bodyBytes"]) == (201, size)
+    assert (streamed.status_code, streamed.json()["bodyBytes"]) == (201, size)
+    # A body sent chunked goes upstream chunked; one with a length keeps it.
+    assert ("content-length", str(size)) in _upstream_headers(sized)
+    assert ("transfer-encoding", "chunked") in _upstream_headers(streamed) or size == 0
+
+
+def test_a_large_download_streams_through_and_the_connection_is_reused(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    gateway = make_gateway()
+    with httpx.Client() as client:
+        for _ in range(3):
+            answer = client.get(f"{gateway.url}/echo/download/{5 * 1024 * 1024 + 3}")
+            assert (answer.status_code, len(answer.content)) == (200, 5 * 1024 * 1024 + 3)
+    gateway.stop()
+    responses = [event for event in queued_events(tmp_path / "queue.db") if event.type == RESPONSE]
+    assert [event.data["bytesOut"] for event in responses] == [5 * 1024 * 1024 + 3] * 3
+
+
+def test_head_answers_carry_no_body_and_keep_the_connection(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    with httpx.Client() as client:
+        head = client.head(f"{gateway.url}/echo/x")
+        after = client.get(f"{gateway.url}/echo/y")
+    assert (head.status_code, head.content) == (200, b"")
+    assert int(head.headers["content-length"]) > 0
+    assert after.json()["path"] == "/y"
+
+
+def test_the_head_of_a_slow_answer_is_not_held_back(make_gateway: GatewayFactory) -> None:
+    """The response head goes out as soon as the upstream sent it, not with
+    the first piece of a body that comes later."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def slow_body() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+            time.sleep(1.0)
+            connection.sendall(b"late")
+
+    thread = threading.Thread(target=slow_body, daemon=True)
+    thread.start()
+    try:
+        gateway = make_gateway([{"prefix": "/s", "service": "Slow", "upstream": f"http://127.0.0.1:{port}"}])
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+            started = time.monotonic()
+            client.sendall(b"GET /s/x HTTP/1.1\r\nHost: gw\r\n\r\n")
+            first = client.recv(65536)
+            head_after = time.monotonic() - started
+            rest = b""
+            while not (first + rest).endswith(b"late"):
+                rest += client.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert head_after < 0.8
+    finally:
+        thread.join(5)
+        listener.close()

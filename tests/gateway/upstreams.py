@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import msgspec
@@ -121,3 +123,54 @@ def resetting_server(answer_first: bytes = b"") -> Iterator[int]:
         stop.set()
         thread.join()
         listener.close()
+
+
+@dataclass
+class RecordingServer:
+    """A server that answers 200 to anything and keeps every request target
+    it received, exactly as it arrived on the wire."""
+
+    port: int
+    targets: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def recording_server() -> Iterator[RecordingServer]:
+    """A :class:`RecordingServer` on a free loopback port (the standard
+    library's HTTP server: its request line is kept as sent, not parsed by
+    the same code as the gateway's)."""
+    received: list[str] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            received.append(self.path)
+            length = int(self.headers.get("content-length") or 0)
+            if length:
+                self.rfile.read(length)
+            body = self.path.encode("latin-1", "replace")
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield RecordingServer(int(server.server_address[1]), received)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -6,22 +6,30 @@ import logging
 import multiprocessing
 import signal
 import threading
-from multiprocessing.synchronize import Event as ProcessEvent
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from eventtrail.cli.common import Backend, ConfigFile, DataDir, UsageError, err_console, settings_from
+from eventtrail.cli.render import plural, shown
 from eventtrail.config import Settings, open_queue, open_store
+from eventtrail.queue import QueueError
+from eventtrail.retry import Backoff
+from eventtrail.store import StoreError
 from eventtrail.worker import Worker
 
 if TYPE_CHECKING:
     from eventtrail.gateway.config import GatewayConfig
-    from eventtrail.gateway.publisher import Publisher, PublisherCounts
+    from eventtrail.gateway.proxy import GatewayApp
+    from eventtrail.gateway.publisher import PublisherCounts
 
 __all__ = ["gateway", "up"]
+
+log = logging.getLogger(__name__)
 
 GatewayConfigFile = Annotated[
     Path,
@@ -45,35 +53,39 @@ def _load(path: Path) -> GatewayConfig:
     return load_gateway_config(path)
 
 
-def _serve(config: GatewayConfig, publisher: Publisher | None, host: str, port: int) -> None:
-    """Serve until Ctrl-C or SIGTERM (uvicorn lets in-flight requests end)."""
-    import uvicorn
+def _serve(
+    config: GatewayConfig,
+    settings: Settings | None,
+    host: str,
+    port: int,
+    *,
+    workers: int = 1,
+    prepare_app: Callable[[GatewayApp], None] | None = None,
+) -> list[PublisherCounts]:
+    """Serve until Ctrl-C or SIGTERM (in-flight requests end, the events are
+    flushed); return each publisher's final counts. ``settings`` ``None``:
+    recording off."""
+    from eventtrail.gateway.serve import serve_gateway
+    from eventtrail.web import PortUnavailable
 
-    from eventtrail.gateway.proxy import build_app
-    from eventtrail.gateway.serve import server_config, tune_gc
+    recording = "recording events" if settings is not None and config.recording.enabled else "recording off"
+    processes = f", {plural(workers, 'process', 'processes')}" if workers > 1 else ""
 
-    server = uvicorn.Server(server_config(build_app(config, publisher), host, port))
-    recording = "recording off" if publisher is None else "recording events"
-    err_console.print(f"gateway on http://{host}:{port} ({len(config.routes)} routes, {recording})")
-    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again
-    # with the previous handlers: make both an exception, so that the caller's
-    # cleanup (flushing the events) runs and the exit is a clean 0.
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
-    tune_gc()
+    def announce(bound: int) -> None:
+        shown_host = f"[{host}]" if ":" in host else host
+        err_console.print(
+            shown(
+                f"gateway on http://{shown_host}:{bound}"
+                f" ({plural(len(config.routes), 'route')}, {recording}{processes})"
+            )
+        )
+
     try:
-        server.run()
-    except (KeyboardInterrupt, _Stopped):
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class _Stopped(Exception):
-    """SIGTERM, after uvicorn's graceful shutdown."""
-
-
-def _raise_stopped(signum: int, frame: FrameType | None) -> None:
-    raise _Stopped
+        return serve_gateway(
+            config, settings, host, port, workers=workers, prepare_app=prepare_app, announce=announce
+        )
+    except PortUnavailable as error:
+        raise UsageError(f"{error} (--port 0 picks a free one)") from None
 
 
 def _report(counts: PublisherCounts) -> None:
@@ -90,6 +102,15 @@ def gateway(
     record: Annotated[
         bool, typer.Option("--record/--no-record", help="Publish events (off: a plain reverse proxy).")
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Processes serving the port (SO_REUSEPORT), each with its own publisher and spill file;"
+            " one that dies is restarted.",
+        ),
+    ] = 1,
     backend: Backend = None,
     data_dir: DataDir = None,
     config_file: ConfigFile = None,
@@ -100,44 +121,105 @@ def gateway(
     wait in a spill file in the data folder. Ctrl-C or SIGTERM stops it after
     in-flight requests and flushes the events.
     """
-    from eventtrail.gateway.serve import open_publisher
-
     routes = _load(config)
     settings = settings_from(backend, data_dir, config_file)
-    publisher = open_publisher(routes, settings) if record and routes.recording.enabled else None
-    try:
-        _serve(routes, publisher, host, port)
-    finally:
-        if publisher is not None:
-            _report(publisher.close())
+    for counts in _serve(routes, settings if record else None, host, port, workers=workers):
+        _report(counts)
 
 
-def _work(settings: Settings, stop: ProcessEvent) -> None:
-    """The worker process of ``up``: consume until told to stop, then drain."""
+def _work(settings: Settings) -> None:
+    """The worker process of ``up``: consume until SIGTERM, then drain."""
     # Ctrl-C reaches the whole process group; the parent decides when to stop.
+    # It says so with SIGTERM, not a process-shared event: such an event
+    # hangs whoever sets it once a process waiting on it was killed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with open_queue(settings) as queue, open_store(settings) as store:
         worker = Worker.configured(queue, store, settings)
-        watcher = _ThreadEvent.watching(stop)
-        worker.run(stop=watcher)
+        worker.run(stop=stop)
         total = worker.run(drain=True)
     err_console.print(f"worker: drained, {total.stored} stored on the way out")
 
 
-class _ThreadEvent:
-    """A ``threading.Event`` set when a process-shared event is set."""
+class _WorkerSupervisor:
+    """Keeps the worker child of ``up`` running.
 
-    @staticmethod
-    def watching(shared: ProcessEvent) -> threading.Event:
-        local = threading.Event()
+    A worker child that exits while ``up`` runs (a crash, a kill, an OOM) is
+    started again after a capped, doubling delay; the delay starts over once
+    a child has run for ``stable_after`` seconds. Each restart is logged and
+    counted. :meth:`stop` asks the child to drain and waits for it.
+    """
 
-        def watch() -> None:
-            shared.wait()
-            local.set()
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backoff: Backoff = Backoff(attempts=None, base=0.5, cap=30.0, jitter=False),
+        stable_after: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.backoff = backoff
+        self.stable_after = stable_after
+        self.restarts = 0
+        self._context = multiprocessing.get_context("spawn")
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._process: BaseProcess | None = None
+        self._started_at = 0.0
+        self._watcher = threading.Thread(target=self._watch, name="eventtrail-supervisor", daemon=True)
 
-        threading.Thread(target=watch, name="eventtrail-stop-watch", daemon=True).start()
-        return local
+    def start(self) -> None:
+        self._spawn()
+        self._watcher.start()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            process = self._context.Process(target=_work, args=(self.settings,), name="eventtrail-worker")
+            process.start()
+            self._process, self._started_at = process, time.monotonic()
+        err_console.print(f"worker: started (pid {process.pid})")
+
+    def _watch(self) -> None:
+        failures = 0
+        while True:
+            process = self._process
+            assert process is not None
+            process.join()
+            if self._stopping.is_set():
+                return
+            failures = 1 if time.monotonic() - self._started_at >= self.stable_after else failures + 1
+            self.restarts += 1
+            delay = self.backoff.delay(failures)
+            code = process.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            log.error(
+                "the worker (pid %s) stopped (%s); restarting it in %.1fs (restart %d)",
+                process.pid,
+                how,
+                delay,
+                self.restarts,
+            )
+            err_console.print(
+                f"worker: stopped ({how}); restarting in {delay:.1f}s (restart {self.restarts})"
+            )
+            if self._stopping.wait(delay):
+                return
+            self._spawn()
+
+    def stop(self) -> None:
+        """Let the worker store what is queued, then wait for it."""
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        if process is not None:
+            process.terminate()
+            process.join()
+        if self.restarts:
+            err_console.print(f"worker: restarted {self.restarts} times")
 
 
 def up(
@@ -150,27 +232,32 @@ def up(
     """Run the gateway and a worker together on the embedded backend.
 
     The worker is a child process (its parsing and storing never compete with
-    the proxy for the GIL; the SQLite queue is made for several processes).
-    Ctrl-C stops the gateway, flushes its events, lets the worker store
-    everything queued, and exits.
+    the proxy for the GIL; the SQLite queue is made for several processes),
+    restarted if it dies. Ctrl-C stops the gateway, flushes its events, lets
+    the worker store everything queued, and exits.
     """
-    from eventtrail.gateway.serve import open_publisher
-
     routes = _load(config)
     settings = settings_from("local", data_dir, config_file)
-    # The worker opens the files too: create them once, here, before it starts.
-    open_queue(settings).close()
-    open_store(settings).close()
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    worker = context.Process(target=_work, args=(settings, stop), name="eventtrail-worker")
+    # The worker opens the files too: create them once, here, before it
+    # starts. A file that cannot be opened now (locked by another process)
+    # is not fatal: the gateway spills and the worker is restarted until
+    # both can open it.
+    for opener in (open_queue, open_store):
+        try:
+            opener(settings).close()
+        except (QueueError, StoreError) as error:
+            log.warning("%s; starting anyway", error)
+    worker = _WorkerSupervisor(settings)
     worker.start()
-    publisher = open_publisher(routes, settings) if routes.recording.enabled else None
-    err_console.print(f"events stored in {settings.store_path}; see them with `eventtrail flow REQUEST_ID`")
+
+    def count_restarts(app: GatewayApp) -> None:
+        app.metrics.worker_restarts = lambda: worker.restarts
+
+    err_console.print(
+        shown(f"events stored in {settings.store_path}; see them with `eventtrail flow REQUEST_ID`")
+    )
     try:
-        _serve(routes, publisher, host, port)
+        for counts in _serve(routes, settings, host, port, prepare_app=count_restarts):
+            _report(counts)
     finally:
-        if publisher is not None:
-            _report(publisher.close())
-        stop.set()
-        worker.join()
+        worker.stop()

@@ -8,8 +8,8 @@ A TOML file with one ``[[routes]]`` table per service::
     upstream = "http://127.0.0.1:9001"
     timeout = 5.0
 
-and optional ``[recording]`` and ``[publisher]`` tables (see
-:class:`Recording` and :class:`PublisherSettings`). Where events go (the
+and optional ``[recording]``, ``[publisher]`` and ``[server]`` tables (see
+:class:`Recording`, :class:`PublisherSettings` and :class:`ServerLimits`). Where events go (the
 embedded queue or SQS) is not here: it is the same configuration as every
 other command (``EVENTTRAIL_BACKEND`` etc., see :mod:`eventtrail.config`).
 """
@@ -19,9 +19,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import msgspec
+from yarl import URL
 
 from eventtrail.config import ConfigError
 
@@ -32,6 +32,7 @@ __all__ = [
     "PublisherSettings",
     "Recording",
     "Route",
+    "ServerLimits",
     "load_gateway_config",
     "parse_gateway_config",
 ]
@@ -82,11 +83,25 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tru
     def __post_init__(self) -> None:
         if not self.prefix.startswith("/"):
             raise ValueError(f"prefix {self.prefix!r} must start with /")
-        parts = urlsplit(self.upstream)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not _is_plain_path(self.prefix):
+            raise ValueError(
+                f"prefix {self.prefix!r} must be a plain path: no '.' or '..' segment, no '//',"
+                " no '%', '\\', '?', '#' or control character"
+            )
+        try:
+            url = URL(self.upstream)
+        except ValueError:
+            url = URL()
+        if url.scheme not in ("http", "https") or not url.raw_host:
             raise ValueError(f"upstream {self.upstream!r} must be an http:// or https:// URL")
-        if parts.query or parts.fragment:
+        if url.raw_user is not None or url.raw_password is not None:
+            raise ValueError(f"upstream {self.upstream!r} must not have a user or password")
+        if url.raw_query_string or url.raw_fragment or "?" in self.upstream or "#" in self.upstream:
             raise ValueError(f"upstream {self.upstream!r} must not have a query or fragment")
+        if not _is_plain_path(url.raw_path, allow_percent=True):
+            raise ValueError(
+                f"upstream {self.upstream!r} must have a plain path: no '.' or '..' segment, no '//'"
+            )
 
     @property
     def bare_prefix(self) -> str:
@@ -94,14 +109,34 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tru
         return self.prefix.rstrip("/")
 
     @property
-    def upstream_base(self) -> str:
-        """The upstream URL without its trailing slash."""
-        return self.upstream.rstrip("/")
+    def upstream_url(self) -> URL:
+        """The upstream as a parsed URL (its path is the route's base path)."""
+        return URL(self.upstream)
+
+    @property
+    def base_path(self) -> str:
+        """The upstream's path as written (percent-encoded), without its
+        trailing slash: every path the route forwards starts with it."""
+        return URL(self.upstream).raw_path.rstrip("/")
+
+
+def _is_plain_path(path: str, *, allow_percent: bool = False) -> bool:
+    """No dot segment, empty segment (but a trailing slash), or character
+    that a normalising proxy or the upstream could read otherwise."""
+    if any(char in path for char in "\\?#") or any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+        return False
+    if "%" in path and not allow_percent:
+        return False
+    segments = path.split("/")[1:]
+    if segments and segments[-1] == "":
+        segments.pop()
+    return all(segment not in ("", ".", "..") for segment in segments)
 
 
 class Recording(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """What goes into the events. Secrets never do: the redacted headers and
-    query parameters below are always on, ``redact_*`` adds to them."""
+    """What goes into the events. Secrets never do: headers and query
+    parameters whose names look secret (see :mod:`eventtrail.gateway.redact`)
+    and the defaults below are always redacted, ``redact_*`` adds to them."""
 
     enabled: bool = True
     """Publish events at all (off: a plain reverse proxy)."""
@@ -115,6 +150,16 @@ class Recording(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     """More headers whose values are replaced by ``[redacted]``."""
     redact_query: list[str] = msgspec.field(default_factory=list)
     """More query parameters whose values are replaced by ``[redacted]``."""
+    record_query: list[str] | None = None
+    """If set, an allow-list: only these query parameters are recorded with
+    their values, every other one as ``[redacted]``. Names are compared as
+    secrets are (case, ``-``/``_``, brackets and percent-encoding ignored);
+    a name listed here is recorded even if it looks secret, unless
+    ``redact_query`` names it too."""
+    max_value_chars: Annotated[int, msgspec.Meta(ge=64, le=16_384)] = 1024
+    """Longest recorded path, query string and header value; past it the
+    value is cut and ends with ``…[truncated, N chars in all]``. It bounds
+    an event's size whatever a client sends."""
 
 
 class PublisherSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -133,9 +178,39 @@ class PublisherSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Seconds between attempts to reach a queue that failed (doubles, up to
     ``max_retry_interval``)."""
     max_retry_interval: _Seconds = 15.0
+    journal_interval: _Seconds = 0.005
+    """Seconds between two writes of the buffered records to the journal (a
+    file the kernel keeps when the gateway is killed): what a crash of the
+    gateway can lose at most. Longer: fewer writes, more to lose."""
+    send_timeout: _Seconds = 2.0
+    """Seconds a queue call may take before the queue counts as down (the
+    events then go to the spill file)."""
     queue_process: bool = True
     """Operate the queue from a child process, off the gateway's GIL (see
-    :mod:`eventtrail.gateway.offload`)."""
+    :mod:`eventtrail.gateway.offload`). It is also what lets the gateway
+    start, and spill, while its queue cannot be opened (locked, unreachable):
+    with ``false`` the queue must open at start."""
+
+
+class ServerLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """What one client may hold of the gateway (``[server]``). The defaults
+    sit beside nginx's: its ``large_client_header_buffers 4 8k`` (32 KiB of
+    request head), ``client_header_timeout 60s`` and ``worker_connections``
+    (512 compiled in, 1024 in its sample config)."""
+
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 32 * 1024
+    """Largest request head (request line and headers). Past it: 431 and the
+    connection is closed; the rest of the head is read and thrown away."""
+    header_timeout: _Seconds = 30.0
+    """Seconds a client has to send a whole request head, counted from the
+    connection's opening or the end of the previous response. Past it, the
+    connection is closed (with a 408 if part of a head came)."""
+    keep_alive_timeout: _Seconds = 5.0
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    """Connections (idle ones included) and requests in flight, each at
+    most. A request on a connection past it is answered 503 at once and the
+    connection closed; idle connections leave by the two timeouts above."""
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -144,6 +219,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     routes: list[Route]
     recording: Recording = msgspec.field(default_factory=Recording)
     publisher: PublisherSettings = msgspec.field(default_factory=PublisherSettings)
+    server: ServerLimits = msgspec.field(default_factory=ServerLimits)
     metrics_path: str = "/metrics"
     """Where the gateway serves its Prometheus metrics (``""``: nowhere)."""
 

@@ -8,8 +8,9 @@ for an integer increment, not a lock.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
-from eventtrail.gateway.publisher import Publisher
+from eventtrail.gateway.publisher import DROP_REASONS, Publisher
 
 __all__ = ["CONTENT_TYPE", "GatewayMetrics"]
 
@@ -28,6 +29,8 @@ class GatewayMetrics:
         #: or an upstream error kind (timeout, refused, reset, error).
         self.requests: Counter[tuple[str, str]] = Counter()
         self.unrouted = 0
+        #: Restarts of the worker child (``eventtrail up`` sets it; else not shown).
+        self.worker_restarts: Callable[[], int] | None = None
 
     def count(self, service: str, outcome: str) -> None:
         self.requests[(service, outcome)] += 1
@@ -45,6 +48,12 @@ class GatewayMetrics:
             "# TYPE eventtrail_gateway_unrouted_requests_total counter",
             f"eventtrail_gateway_unrouted_requests_total {self.unrouted}",
         ]
+        if self.worker_restarts is not None:
+            lines += [
+                "# HELP eventtrail_gateway_worker_restarts_total Times the worker child was restarted.",
+                "# TYPE eventtrail_gateway_worker_restarts_total counter",
+                f"eventtrail_gateway_worker_restarts_total {self.worker_restarts()}",
+            ]
         if publisher is not None:
             counts = publisher.counts()
             for name, kind, help_text, value in (
@@ -56,10 +65,27 @@ class GatewayMetrics:
                 ("events_dropped_total", "counter", "Events neither sent nor kept.", counts.dropped),
                 ("queue_errors_total", "counter", "Failed queue sends.", counts.queue_errors),
                 ("spill_errors_total", "counter", "Failed spill file operations.", counts.spill_errors),
+                ("journal_errors_total", "counter", "Failed journal writes.", counts.journal_errors),
+                (
+                    "events_inherited_total",
+                    "counter",
+                    "Events found at start in the spill file or a killed predecessor's journal.",
+                    counts.inherited,
+                ),
             ):
                 lines += [
                     f"# HELP eventtrail_gateway_{name} {help_text}",
                     f"# TYPE eventtrail_gateway_{name} {kind}",
                     f"eventtrail_gateway_{name} {value}",
                 ]
+            lines += [
+                "# HELP eventtrail_gateway_events_dropped_by_reason_total"
+                " Events neither sent nor kept, by reason.",
+                "# TYPE eventtrail_gateway_events_dropped_by_reason_total counter",
+            ]
+            for reason in DROP_REASONS:
+                value = counts.dropped_by_reason.get(reason, 0)
+                lines.append(
+                    f'eventtrail_gateway_events_dropped_by_reason_total{{reason="{reason}"}} {value}'
+                )
         return ("\n".join(lines) + "\n").encode()

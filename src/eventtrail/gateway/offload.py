@@ -8,44 +8,75 @@ costs the gateway one write and one read, and the queue's work runs on the
 other core. Any adapter works this way: the child opens it from the settings.
 
 The child also makes the gateway's call records into event bodies
-(:meth:`ProcessQueue.send_records`), so that the gateway's process never
+(:meth:`ProcessQueue.send_packed`), so that the gateway's process never
 builds or encodes an event.
+
+The child opens the queue in the background and keeps trying (a locked
+queue file, an unreachable SQS) until it can: until then every call fails
+at once with :class:`QueueNotOpen`, which the publisher takes for "queue
+down". A call that gets no answer within ``call_timeout`` fails too, and
+its child is replaced: a queue blocked on a lock never holds the
+publisher longer than that.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 from eventtrail.config import Settings, open_queue
-from eventtrail.gateway.records import EncodingSink, Record, UnsentRecords
+from eventtrail.gateway.records import EncodingSink, Refused, UnsentRecords
 from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats
+from eventtrail.retry import Backoff
 
-__all__ = ["ProcessQueue"]
+__all__ = ["ProcessQueue", "QueueNotOpen"]
+
+log = logging.getLogger(__name__)
+
+
+class QueueNotOpen(QueueError):
+    """The queue's process has not opened the queue yet (it keeps trying)."""
+
+
+def _open(connection: Connection, settings: Settings) -> Queue | None:
+    """The queue, once it opens; ``None`` if the parent went away first."""
+    for _ in Backoff(attempts=None, base=0.1, cap=2.0).delays():
+        try:
+            return open_queue(settings)
+        except Exception as error:  # noqa: BLE001 - reported to the parent, tried again
+            try:
+                connection.send(("waiting", f"{type(error).__name__}: {error}"))
+            except OSError:  # the gateway closed the pipe, or died
+                return None
+    return None
 
 
 def _serve(connection: Connection, settings: Settings) -> None:
     # Ctrl-C reaches the whole process group; the parent closes the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        queue = open_queue(settings)
-    except Exception as error:  # noqa: BLE001 - reported to the parent, which decides
-        connection.send(("error", f"{type(error).__name__}: {error}"))
+    queue = _open(connection, settings)
+    if queue is None:
         return
-    connection.send(("ready", None))
-    sink = EncodingSink(queue)
+    try:
+        connection.send(("ready", None))
+    except OSError:  # the gateway went away while the queue was opening
+        queue.close()
+        return
+    sink = EncodingSink(queue, settings.max_body_bytes)
     with queue:
         while True:
             try:
                 name, args, kwargs = connection.recv()
             except (EOFError, OSError):  # the gateway closed the pipe, or died
                 return
-            if name == "send_records":
-                connection.send(_send_records(sink, args[0]))
+            if name == "send_packed":
+                connection.send(_send_packed(sink, args[0]))
                 continue
             try:
                 result = getattr(queue, name)(*args, **kwargs)
@@ -55,32 +86,39 @@ def _serve(connection: Connection, settings: Settings) -> None:
                 connection.send(("ok", result))
 
 
-def _send_records(sink: EncodingSink, records: list[Record]) -> tuple[str, Any]:
+def _send_packed(sink: EncodingSink, packs: list[bytes]) -> tuple[str, Any]:
     try:
-        sink.send_records(records)
+        refused = sink.send_packed(packs)
     except UnsentRecords as unsent:  # the caller spills the bodies
-        return ("unsent", (str(unsent), unsent.bodies))
+        return ("unsent", (str(unsent), unsent.bodies, unsent.refused))
     except Exception as error:  # noqa: BLE001 - reported to the caller, which has the records
         return ("error", f"{type(error).__name__}: {error}")
-    return ("ok", None)
+    return ("ok", refused)
 
 
 class ProcessQueue(Queue):
     """The queue of ``settings``, operated by a child process.
 
-    A call that fails in the child, or a child that died, raises
-    :class:`QueueError` (the publisher then spills); the next call starts a
-    new child.
+    A call that fails in the child, a child that died or did not answer
+    within ``call_timeout`` seconds, or a queue not open yet raises
+    :class:`QueueError` (the publisher then spills); the next call after a
+    failure of the child starts a new one. A call waits up to
+    ``open_wait`` seconds for a starting child to open the queue.
     """
 
-    def __init__(self, settings: Settings, *, start_timeout: float = 30.0) -> None:
+    def __init__(self, settings: Settings, *, call_timeout: float = 2.0, open_wait: float = 2.0) -> None:
         self.settings = settings
         self.max_receives = settings.max_receives
-        self.start_timeout = start_timeout
+        self.max_body_bytes = settings.max_body_bytes
+        self.call_timeout = call_timeout
+        self.open_wait = open_wait
         self._lock = threading.Lock()
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._connection: Connection | None = None
+        self._open = False
+        self._waiting_reason = "the queue process is starting"
+        self._logged_waiting = 0.0
         self._start()
 
     def _start(self) -> None:
@@ -88,33 +126,58 @@ class ProcessQueue(Queue):
         process = self._context.Process(
             target=_serve, args=(child, self.settings), name="eventtrail-queue", daemon=True
         )
-        process.start()
+        # Ctrl-C reaches the whole process group, the child too while it is
+        # still importing (before _serve ignores SIGINT): it starts with SIGINT
+        # blocked (the mask survives exec) and its parent closes the pipe.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child.close()
-        if not parent.poll(self.start_timeout):
-            process.kill()
-            raise QueueError(f"the queue process did not start within {self.start_timeout:.0f}s")
-        status, detail = parent.recv()
-        if status != "ready":
-            process.join()
-            raise QueueError(f"cannot open the queue: {detail}")
         self._process, self._connection = process, parent
+        self._open = False
+        self._waiting_reason = "the queue process is starting"
+
+    def _await_open(self, connection: Connection, wait: float) -> None:
+        """Read the child's progress until it opened the queue or ``wait`` passed."""
+        deadline = time.monotonic() + wait
+        while not self._open:
+            if not connection.poll(max(0.0, deadline - time.monotonic())):
+                now = time.monotonic()
+                if now - self._logged_waiting >= 30.0:
+                    self._logged_waiting = now
+                    log.warning("the queue is not open yet: %s", self._waiting_reason)
+                raise QueueNotOpen(f"the queue is not open yet: {self._waiting_reason}")
+            status, detail = connection.recv()
+            if status == "ready":
+                self._open = True
+            else:
+                self._waiting_reason = str(detail)
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             try:
                 if self._connection is None:
                     self._start()
-                assert self._connection is not None
-                self._connection.send((name, args, kwargs))
-                status, result = self._connection.recv()
+                connection = self._connection
+                assert connection is not None
+                self._await_open(connection, self.open_wait)
+                connection.send((name, args, kwargs))
+                if not connection.poll(self.call_timeout):
+                    # Blocked (a lock held past the call timeout): this child
+                    # is dropped, its transaction was not committed.
+                    self._discard()
+                    raise QueueError(f"the queue did not answer within {self.call_timeout:g}s")
+                status, result = connection.recv()
             except (OSError, EOFError) as error:
                 self._discard()
                 raise QueueError(f"the queue process is gone ({type(error).__name__})") from error
         if status == "error":
             raise QueueError(str(result))
         if status == "unsent":
-            message, bodies = result
-            raise UnsentRecords(message, bodies)
+            message, bodies, refused = result
+            raise UnsentRecords(message, bodies, refused)
         return result
 
     def _discard(self) -> None:
@@ -124,13 +187,14 @@ class ProcessQueue(Queue):
             self._process.kill()
             self._process.join()
         self._connection = self._process = None
+        self._open = False
 
     def send(self, bodies: Sequence[str]) -> list[str]:
         return list(self._call("send", list(bodies)))
 
-    def send_records(self, records: Sequence[Record]) -> None:
-        """Send the events of ``records``, made into bodies by the child."""
-        self._call("send_records", list(records))
+    def send_packed(self, packs: Sequence[bytes]) -> list[Refused]:
+        """Send the events of packed records, made into bodies by the child."""
+        return list(self._call("send_packed", list(packs)))
 
     def receive(
         self, max_messages: int, *, visibility_timeout: float, wait_seconds: float = 0.0

@@ -4,20 +4,22 @@ its path prefix names, streams both bodies, and records the call.
 Plain ASGI rather than a framework's Request/Response objects: a proxy reads
 the raw header list once and relays body chunks as they come, and every
 microsecond of its own is added to every call it makes. The upstream client
-is aiohttp's pooled ClientSession (about 7x the throughput of httpx's
-AsyncClient as a proxy client here; see docs/benchmarks.md).
+is :mod:`eventtrail.gateway.upstream`: keep-alive connections parsed by
+httptools, with the request head written as bytes in one piece (aiohttp's
+ClientSession, used before, cost several times its CPU per call; see
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import errno
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote, unquote
 
-import aiohttp
 import msgspec
-from multidict import CIMultiDict
 from yarl import URL
 
 from eventtrail.gateway.config import GatewayConfig, Route
@@ -25,8 +27,15 @@ from eventtrail.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.recorder import CallRecorder
 from eventtrail.gateway.requestid import request_id_from, request_id_from_headers
+from eventtrail.gateway.upstream import (
+    Origin,
+    UpstreamClosed,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamResponse,
+)
 
-__all__ = ["ClientDisconnected", "GatewayApp", "build_app", "error_kind"]
+__all__ = ["ClientDisconnected", "GatewayApp", "TargetRefused", "build_app", "error_kind", "normalise_path"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,9 +58,11 @@ _HOP_BY_HOP = frozenset(
     }
 )
 # Replaced by the gateway's own values.
-_SET_BY_GATEWAY = frozenset({b"host", b"x-request-id", b"x-forwarded-proto", b"x-forwarded-host"})
-# Headers aiohttp would add on its own: the upstream sees only what the client sent.
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_SET_BY_GATEWAY = frozenset(
+    {b"host", b"x-request-id", b"x-forwarded-proto", b"x-forwarded-host", b"content-length"}
+)
+# Methods whose request carries a length even when its body is empty.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Request bodies up to this size are read whole and sent with their length;
 # larger or chunked ones are streamed.
 _SMALL_BODY = 64 * 1024
@@ -67,9 +78,9 @@ def error_kind(error: BaseException) -> str:
     """The ``MICROSERVICE_ERROR`` kind of an upstream client failure."""
     if isinstance(error, TimeoutError):
         return "timeout"
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return "refused" if isinstance(error.os_error, ConnectionRefusedError) else "error"
-    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(error, UpstreamClosed):
         return "reset"
     if isinstance(error, OSError) and error.errno in _RESET_ERRNOS:
         return "reset"
@@ -86,17 +97,139 @@ _ERROR_MESSAGE = {
 }
 
 
+class TargetRefused(ValueError):
+    """A request target the gateway does not forward (400): one that a
+    server behind it could read as another path than the gateway did."""
+
+
+# Encoded slash or backslash (they would split a segment differently upstream
+# than here), the same encoded twice or a dot encoded twice (for a server that
+# decodes again), overlong UTF-8 (which lax decoders read as "." or "/"), and
+# encoded control characters.
+_ENCODED_REFUSED = re.compile(
+    r"%(?:2[fF]|5[cC]|[01][0-9a-fA-F]|7[fF]|25(?:2[eEfF]|5[cC])|[cC][01]|[eE]0%[89][0-9a-fA-F])"
+)
+# RFC 3986 pchar, "/" and "%": anything else in a path ("?", "#", a
+# backslash, a space, a control or non-ASCII character) could be read
+# otherwise by the server behind.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_DOT_SEGMENTS = frozenset({".", ".."})
+# What a decoded path keeps unencoded when the server gave no raw path.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def normalise_path(raw_path: str) -> str:
+    """The request's path, percent-encoded as the client sent it, with dot
+    segments removed (RFC 3986 5.2.4) and runs of slashes merged into one.
+
+    Raises :class:`TargetRefused` for what a server could read as another
+    path: a character that must be percent-encoded (a backslash, ``?``,
+    ``#``, a space, a control character...), a malformed escape, an encoded
+    slash or backslash (``%2F``, ``%5C``, or encoded twice), a dot encoded
+    twice (``%252e``), overlong UTF-8 (``%C0%AE``), an encoded control
+    character, and a dot segment spelt any other way than ``.`` or ``..``
+    (``%2e%2e``, ``.%2E``, ``..;x``), as nginx and Envoy's ``normalize_path``
+    do. Other escapes are kept as sent.
+    """
+    if not raw_path.startswith("/"):
+        raise TargetRefused("the request target must be a path starting with /")
+    if _PATH_CHARS.fullmatch(raw_path) is None:
+        raise TargetRefused("a character in the path that must be percent-encoded")
+    # Most paths have nothing to decode, remove or merge: they go as they came.
+    if "%" not in raw_path and "/." not in raw_path and "//" not in raw_path:
+        return raw_path
+    if "%" in raw_path:
+        if _ENCODED_REFUSED.search(raw_path):
+            raise TargetRefused("an encoded slash, backslash, dot or control character in the path")
+        if _BAD_ESCAPE.search(raw_path):
+            raise TargetRefused("a malformed percent-escape in the path")
+    segments = raw_path.split("/")
+    kept: list[str] = []
+    for segment in segments[1:]:
+        if segment in _DOT_SEGMENTS:
+            if segment == ".." and kept:
+                kept.pop()
+            continue
+        if not segment:
+            continue
+        if "%" in segment or ";" in segment:
+            plain = unquote(segment) if "%" in segment else segment
+            if plain.partition(";")[0] in _DOT_SEGMENTS:
+                raise TargetRefused("an encoded or parameterised dot segment in the path")
+        kept.append(segment)
+    if not kept:
+        return "/"
+    # A path ending in a slash or a dot segment names a folder (RFC 3986 5.2.4).
+    folder = segments[-1] in ("", ".", "..")
+    return "/" + "/".join(kept) + ("/" if folder else "")
+
+
+def _after_segments(path: str, count: int) -> str:
+    """``path`` without its first ``count`` segments (``""`` if no more)."""
+    position = 0
+    for _ in range(count):
+        position = path.find("/", position + 1)
+        if position < 0:
+            return ""
+    return path[position:]
+
+
 class _CompiledRoute:
-    __slots__ = ("base", "prefix", "route", "service", "timeout")
+    __slots__ = (
+        "authority",
+        "base_path",
+        "connect_timeout",
+        "depth",
+        "host",
+        "host_line",
+        "path_start",
+        "port",
+        "prefix",
+        "read_timeout",
+        "route",
+        "scheme",
+        "service",
+    )
 
     def __init__(self, route: Route) -> None:
         self.route = route
         self.service = route.service
         self.prefix = route.bare_prefix
-        self.base = route.upstream_base
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.connect_timeout, sock_read=route.timeout
+        # Segments of the prefix: where the forwarded part of a path begins.
+        self.depth = self.prefix.count("/")
+        upstream = route.upstream_url
+        self.scheme = upstream.scheme
+        assert upstream.raw_host is not None  # Route checked it
+        self.host = upstream.raw_host
+        assert upstream.port is not None  # http and https have default ports
+        self.port: int = upstream.port
+        self.authority = upstream.raw_authority
+        self.base_path = route.base_path
+        self.path_start = self.base_path + "/"
+        self.host_line = b"host: " + self.authority.encode("ascii") + b"\r\n"
+        self.connect_timeout = route.connect_timeout
+        self.read_timeout = route.timeout
+
+    def origin(self, pool: UpstreamPool) -> Origin:
+        """Where this route's connections come from in ``pool``."""
+        return pool.origin(self.scheme, self.host, self.port)
+
+    def url(self, rest: str, query: str) -> URL:
+        """The upstream URL of a path below the prefix (encoded, normalised,
+        starting with ``/``), built from the route's own parts."""
+        url = URL.build(
+            scheme=self.scheme,
+            authority=self.authority,
+            path=self.base_path + rest,
+            query_string=query,
+            encoded=True,
         )
+        # The parts above leave no way to another host or out of the base
+        # path; this says so at the one place a request leaves.
+        if url.raw_host != self.host or url.port != self.port or not url.raw_path.startswith(self.path_start):
+            raise TargetRefused(f"the request target does not stay within {self.route.upstream}")
+        return url
 
 
 class GatewayApp:
@@ -112,6 +245,8 @@ class GatewayApp:
         self.config = config
         self.publisher = publisher
         self.metrics = GatewayMetrics()
+        #: Requests refused for their target (400).
+        self.rejected = 0
         self.recorder = (
             CallRecorder(publisher, config.recording)
             if publisher is not None and config.recording.enabled
@@ -122,25 +257,18 @@ class GatewayApp:
             (_CompiledRoute(route) for route in config.routes), key=lambda r: len(r.prefix), reverse=True
         )
         self._metrics_path = config.metrics_path
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
     async def startup(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, ttl_dns_cache=60)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,  # bodies pass through exactly as the upstream sent them
-                cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between clients
-                skip_auto_headers=_NO_AUTO_HEADERS,
-                timeout=aiohttp.ClientTimeout(total=None),
-            )
+        if self._pool is None:
+            self._pool = UpstreamPool()
 
     async def shutdown(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -166,6 +294,25 @@ class GatewayApp:
                     return route, rest
         return None
 
+    def resolve(self, raw_path: str, query: str = "") -> tuple[_CompiledRoute, URL, str] | str:
+        """Where a request for ``raw_path`` (as sent, percent-encoded) goes:
+        its route, the upstream URL and the path recorded (decoded, below the
+        prefix); or, when no route takes it, its decoded, normalised path.
+
+        Raises :class:`TargetRefused` for a target that is not forwarded.
+        """
+        raw = normalise_path(raw_path)
+        encoded = "%" in raw
+        path = unquote(raw) if encoded else raw
+        match = self._match(path)
+        if match is None:
+            return path
+        route, rest = match
+        # No encoded slash is left, so the decoded path has the segments of
+        # the encoded one: the part forwarded is cut after as many segments.
+        raw_rest = (_after_segments(raw, route.depth) or "/") if encoded else rest
+        return route, route.url(raw_rest, query), rest
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
@@ -176,49 +323,66 @@ class GatewayApp:
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1003})
             return
-        path: str = scope["path"]
-        if self._metrics_path and path == self._metrics_path:
-            await _respond(send, 200, self.metrics.render(self.publisher), CONTENT_TYPE.encode(), None)
+        if self._metrics_path and scope["path"] == self._metrics_path:
+            await _respond(send, 200, self._render_metrics(), CONTENT_TYPE.encode(), None)
             return
-        match = self._match(path)
-        if match is None:
+        raw_path: bytes | None = scope.get("raw_path")
+        query = scope["query_string"].decode("latin-1")
+        try:
+            resolved = self.resolve(
+                raw_path.decode("latin-1") if raw_path else quote(scope["path"], safe=_PATH_SAFE), query
+            )
+        except TargetRefused as refused:
+            self.rejected += 1
+            request_id = request_id_from_headers(scope["headers"])
+            body = _json.encode({"error": str(refused), "requestId": request_id})
+            await _respond(send, 400, body, b"application/json", request_id)
+            return
+        if isinstance(resolved, str):
             self.metrics.unrouted += 1
             request_id = request_id_from_headers(scope["headers"])
-            body = _json.encode({"error": f"no route for {path}", "requestId": request_id})
+            body = _json.encode({"error": f"no route for {resolved}", "requestId": request_id})
             await _respond(send, 404, body, b"application/json", request_id)
             return
-        await self._proxy(scope, receive, send, *match)
+        await self._proxy(scope, receive, send, *resolved, query)
+
+    def _render_metrics(self) -> bytes:
+        return (
+            self.metrics.render(self.publisher)
+            + (
+                "# HELP eventtrail_gateway_rejected_requests_total Requests refused for their target (400).\n"
+                "# TYPE eventtrail_gateway_rejected_requests_total counter\n"
+                f"eventtrail_gateway_rejected_requests_total {self.rejected}\n"
+            ).encode()
+        )
 
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, route: _CompiledRoute, rest: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: _CompiledRoute,
+        url: URL,
+        rest: str,
+        query: str,
     ) -> None:
-        if self._session is None:
+        if self._pool is None:
             await self.startup()
-        assert self._session is not None
-        raw_path: bytes | None = scope.get("raw_path")
-        if raw_path:
-            # The path exactly as the client encoded it, the prefix removed.
-            raw = raw_path.decode("latin-1").partition("?")[0]
-            upstream_path = raw[len(route.prefix) :] or "/"
-        else:
-            upstream_path = rest
-        query: bytes = scope["query_string"]
-        target = route.base + upstream_path
-        if query:
-            target += "?" + query.decode("latin-1")
-        url = URL(target, encoded=True)
+        pool = self._pool
+        assert pool is not None
 
-        headers, request_id, content_length, chunked = _upstream_headers(scope)
         method: str = scope["method"]
+        head, request_id, content_length, chunked = _request_head(scope, method, url, route)
         service = route.service
         recorder = self.recorder
         call = 0
         if recorder is not None:
-            call = recorder.request(
-                request_id, service, method, rest, query.decode("latin-1"), scope["headers"]
-            )
+            call = recorder.request(request_id, service, method, rest, query, scope["headers"])
         bytes_in = 0
         data: bytes | AsyncIterator[bytes] | None = None
+        if chunked:
+            # The parser refuses a request with both; if one ever came, chunked wins (RFC 9112 6.3).
+            content_length = None
         if chunked or (content_length is not None and content_length > _SMALL_BODY):
 
             async def body() -> AsyncIterator[bytes]:
@@ -235,52 +399,63 @@ class GatewayApp:
                         yield chunk
 
             data = body()
-        elif content_length:
-            try:
-                data = await _read_body(receive)
-            except ClientDisconnected:
-                self.metrics.count(service, "disconnected")
-                if recorder is not None:
-                    recorder.error(
-                        request_id,
-                        call,
-                        service,
-                        kind="error",
-                        elapsed_ms=0.0,
-                        detail="client disconnected",
-                    )
-                return
-            bytes_in = len(data)
+            if content_length is None:
+                head += b"transfer-encoding: chunked\r\n\r\n"
+            else:
+                head += b"content-length: %d\r\n\r\n" % content_length
+        else:
+            if content_length:
+                try:
+                    data = await _read_body(receive)
+                except ClientDisconnected:
+                    self.metrics.count(service, "disconnected")
+                    if recorder is not None:
+                        recorder.error(
+                            request_id,
+                            call,
+                            service,
+                            kind="error",
+                            elapsed_ms=0.0,
+                            detail="client disconnected",
+                        )
+                    return
+                bytes_in = len(data)
+            if data or content_length is not None or method in _BODY_METHODS:
+                head += b"content-length: %d\r\n\r\n" % bytes_in
+            else:
+                head += b"\r\n"
 
         started = time.perf_counter()
         response_started = False
         status = 0
+        upstream: UpstreamResponse | None = None
         try:
-            async with self._session.request(
-                method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=route.timeout,
-            ) as upstream:
-                status = upstream.status
-                out_headers = _downstream_headers(upstream.raw_headers)
-                out_headers.append((b"x-request-id", request_id.encode("latin-1")))
-                await send({"type": "http.response.start", "status": status, "headers": out_headers})
-                response_started = True
-                bytes_out = 0
-                content = upstream.content
-                while True:
-                    chunk = await content.readany()
-                    if not chunk:
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        break
-                    bytes_out += len(chunk)
-                    last = content.at_eof()
-                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-                    if last:
-                        break
+            upstream = await pool.request(
+                route.origin(pool),
+                head,
+                data,
+                head_only=method == "HEAD",
+                chunked=chunked,
+                connect_timeout=route.connect_timeout,
+                read_timeout=route.read_timeout,
+            )
+            status = upstream.status
+            out_headers = _downstream_headers(upstream.raw_headers)
+            out_headers.append((b"x-request-id", request_id.encode("latin-1")))
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            response_started = True
+            bytes_out = 0
+            read_timeout = route.read_timeout
+            while True:
+                chunk = await upstream.read(read_timeout)
+                if not chunk:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    break
+                bytes_out += len(chunk)
+                last = upstream.at_eof
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                if last:
+                    break
         except ClientDisconnected:
             self.metrics.count(service, "disconnected")
             if recorder is not None:
@@ -294,7 +469,7 @@ class GatewayApp:
                     detail="client disconnected",
                 )
             return
-        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+        except (TimeoutError, OSError, UpstreamProtocolError) as error:
             elapsed = (time.perf_counter() - started) * 1000
             kind = error_kind(error)
             self.metrics.count(service, kind)
@@ -311,6 +486,9 @@ class GatewayApp:
             )
             await _respond(send, _ERROR_STATUS.get(kind, 502), answer, b"application/json", request_id)
             return
+        finally:
+            if upstream is not None:
+                upstream.release()
         self.metrics.count(service, _status_class(status))
         if recorder is not None:
             recorder.response(
@@ -334,12 +512,15 @@ def _detail(error: BaseException) -> str:
     return text[:500]
 
 
-def _upstream_headers(scope: Scope) -> tuple[CIMultiDict[str], str, int | None, bool]:
-    """The headers to send upstream, the request id, the declared body length
-    and whether the body is chunked."""
+def _request_head(
+    scope: Scope, method: str, url: URL, route: _CompiledRoute
+) -> tuple[bytes, str, int | None, bool]:
+    """The request line and headers to send upstream, but for the body's
+    framing header and the blank line; the request id, the declared body
+    length and whether the body is chunked."""
     raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
     given_id = traceparent = host = None
-    forwarded_for: list[str] = []
+    forwarded_for: list[bytes] = []
     content_length: int | None = None
     chunked = False
     connection_tokens: set[bytes] = set()
@@ -349,41 +530,46 @@ def _upstream_headers(scope: Scope) -> tuple[CIMultiDict[str], str, int | None, 
             if name == b"x-request-id":
                 given_id = value.decode("latin-1")
             elif name == b"host":
-                host = value.decode("latin-1")
+                host = value
             elif name == b"x-forwarded-for":
-                forwarded_for.append(value.decode("latin-1"))
+                forwarded_for.append(value)
             elif name == b"connection":
                 connection_tokens.update(token.strip().lower() for token in value.split(b","))
             elif name == b"transfer-encoding":
                 chunked = True
+            elif name == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    content_length = None
             continue
         if name == b"traceparent":
             traceparent = value.decode("latin-1")
-        elif name == b"content-length":
-            try:
-                content_length = int(value)
-            except ValueError:
-                content_length = None
         kept.append((name, value))
-    headers: CIMultiDict[str] = CIMultiDict(
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in kept
-        if name not in connection_tokens
-    )
     request_id = request_id_from(given_id, traceparent)
-    headers["X-Request-Id"] = request_id
+    parts = [
+        method.encode("ascii"),
+        b" ",
+        url.raw_path_qs.encode("latin-1"),
+        b" HTTP/1.1\r\n",
+        route.host_line,
+    ]
+    for name, value in kept:
+        if name not in connection_tokens:
+            parts += (name, b": ", value, b"\r\n")
+    parts += (b"x-request-id: ", request_id.encode("latin-1"), b"\r\n")
     client = scope.get("client")
     if client:
-        forwarded_for.append(str(client[0]))
+        forwarded_for.append(str(client[0]).encode("latin-1"))
     if forwarded_for:
-        headers["X-Forwarded-For"] = ", ".join(forwarded_for)
-    headers["X-Forwarded-Proto"] = str(scope.get("scheme", "http"))
+        parts += (b"x-forwarded-for: ", b", ".join(forwarded_for), b"\r\n")
+    parts += (b"x-forwarded-proto: ", str(scope.get("scheme", "http")).encode("latin-1"), b"\r\n")
     if host is not None:
-        headers["X-Forwarded-Host"] = host
-    return headers, request_id, content_length, chunked
+        parts += (b"x-forwarded-host: ", host, b"\r\n")
+    return b"".join(parts), request_id, content_length, chunked
 
 
-def _downstream_headers(raw_headers: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
+def _downstream_headers(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers minus hop-by-hop ones (and those its
     Connection header names) and its own request id."""
     lowered = [(name.lower(), value) for name, value in raw_headers]

@@ -16,7 +16,7 @@ from eventtrail.calls import GATEWAY
 from eventtrail.gateway.config import Recording
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.records import Call, error_record, new_call, request_record, response_record
-from eventtrail.gateway.redact import Redactor
+from eventtrail.gateway.redact import Redactor, bounded
 
 __all__ = ["CallRecorder"]
 
@@ -30,6 +30,7 @@ class CallRecorder:
         self.publisher = publisher
         self.source = source
         self.redactor = Redactor(recording or Recording())
+        self._limit = self.redactor.limit
 
     def request(
         self,
@@ -40,8 +41,14 @@ class CallRecorder:
         query_string: str = "",
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> Call:
-        """Record the call about to be made; return the call, for :meth:`response` or :meth:`error`."""
+        """Record the call about to be made; return the call, for :meth:`response` or :meth:`error`.
+
+        The path, query and header values are cut to the recording's size
+        limit, so that no request can make an event the queue refuses.
+        """
         now = time.time_ns()
+        if len(path) > self._limit:
+            path = bounded(path, self._limit)
         call = new_call(now)
         extra: dict[str, Any] | None = None
         if (query := self.redactor.query(query_string)) is not None:
@@ -88,6 +95,8 @@ class CallRecorder:
         self, request_id: str, call: Call, service: str, *, kind: str, elapsed_ms: float, detail: str = ""
     ) -> None:
         """Record a call that ended without a (complete) answer."""
+        if len(detail) > self._limit:
+            detail = bounded(detail, self._limit)
         self.publisher.publish_record(
             error_record(time.time_ns(), request_id, call, service, self.source, kind, elapsed_ms, detail)
         )

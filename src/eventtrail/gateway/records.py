@@ -10,42 +10,56 @@ message bodies wherever that is cheapest: in the queue's own process when
 the queue runs in one (:mod:`eventtrail.gateway.offload`), else on the
 publisher's thread. The events are the same as those the ``eventtrail.calls``
 helpers make at the moment of the call.
+
+Records travel packed (:func:`pack`): the same bytes are written to the
+publisher's journal and sent to the queue's process, so they are serialised
+once. A body larger than the queue takes is never sent: it is refused here,
+reported to the caller (:data:`Refused`), and the rest of its batch goes on.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
+import pickle
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
+
+import msgspec
 
 from eventtrail.calls import (
     ERROR,
     REQUEST,
     RESPONSE,
     error_data,
-    moment_of_ns,
     request_data,
     response_data,
 )
-from eventtrail.event import Event, encode_event
+from eventtrail.event import DEFAULT_MAX_BODY_BYTES, Event, encode_event
 from eventtrail.ids import uuid_str
-from eventtrail.queue import Queue, QueueError
+from eventtrail.queue import BodyTooLarge, PartialSend, Queue, QueueError
+from eventtrail.times import format_unix_ns
 
 __all__ = [
     "Call",
     "EncodingSink",
     "Record",
     "RecordSink",
+    "Refused",
     "UnsentRecords",
     "bodies_of",
+    "body_size",
     "call_id_of",
     "encoded",
     "error_record",
     "new_call",
+    "pack",
     "request_record",
     "response_record",
+    "send_bodies",
+    "unpack",
 ]
 
 # The first field of a record says what it is.
@@ -193,7 +207,7 @@ def _event(record: Record) -> Event:
     return Event(
         id=_event_id(call_id, kind),
         request_id=request_id,
-        timestamp=moment_of_ns(unix_ns),
+        timestamp=format_unix_ns(unix_ns),
         type=_TYPES[kind],
         source=source,
         data=data,
@@ -207,33 +221,103 @@ def bodies_of(records: Iterable[Record]) -> list[str]:
     ]
 
 
-class UnsentRecords(QueueError):
-    """The records' bodies were made, but the queue did not take them."""
+def pack(records: Sequence[Record]) -> bytes:
+    """``records`` as bytes (a pickle of plain values: tuples, numbers, strings, dicts)."""
+    return pickle.dumps(list(records), protocol=pickle.HIGHEST_PROTOCOL)
 
-    def __init__(self, message: str, bodies: list[str]) -> None:
+
+class _PlainUnpickler(pickle.Unpickler):
+    # Packed records hold only built-in values; a journal file altered to
+    # name a class or function is refused instead of running its code.
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"not a packed record: it names {module}.{name}")
+
+
+def unpack(packed: bytes) -> list[Record]:
+    """The records of :func:`pack`; raises ``ValueError`` for anything else."""
+    try:
+        records = _PlainUnpickler(io.BytesIO(packed)).load()
+    except Exception as error:  # noqa: BLE001 - any way bytes are not a pack is one error
+        raise ValueError(f"not packed records: {type(error).__name__}: {error}") from None
+    if not isinstance(records, list) or not all(isinstance(record, tuple) for record in records):
+        raise ValueError("not packed records: not a list of tuples")
+    return records
+
+
+#: A body the queue cannot take for its size: its event id and its size in bytes.
+Refused = tuple[str, int]
+
+
+def body_size(body: str) -> int:
+    """The body's size in bytes, as the queue counts it (UTF-8)."""
+    return len(body.encode("utf-8", "surrogatepass"))
+
+
+def _event_id_in(body: str) -> str:
+    try:
+        found = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return "(not JSON)"
+    event_id = found.get("id") if isinstance(found, dict) else None
+    return event_id if isinstance(event_id, str) else "(no id)"
+
+
+def send_bodies(queue: Queue, bodies: Sequence[str], max_body_bytes: int) -> list[Refused]:
+    """Send ``bodies`` but those larger than ``max_body_bytes`` or refused by
+    the queue for their size; return those. Raises :class:`UnsentRecords`
+    with exactly the bodies the queue did not take when it failed."""
+    refused: list[Refused] = []
+    fitting: list[str] = []
+    for body in bodies:
+        # A character is at most 4 bytes: most bodies need no encoding to be measured.
+        if len(body) * 4 <= max_body_bytes or (size := body_size(body)) <= max_body_bytes:
+            fitting.append(body)
+        else:
+            refused.append((_event_id_in(body), size))
+    if not fitting:
+        return refused
+    try:
+        queue.send(fitting)
+    except BodyTooLarge as error:
+        refused += [(_event_id_in(fitting[index]), body_size(fitting[index])) for index in error.indexes]
+    except PartialSend as error:
+        unsent = [body for body, found in zip(fitting, error.ids, strict=False) if found is None]
+        raise UnsentRecords(f"{type(error).__name__}: {error}", unsent, refused) from error
+    except Exception as error:  # any adapter failure: the caller keeps the bodies
+        raise UnsentRecords(f"{type(error).__name__}: {error}", fitting, refused) from error
+    return refused
+
+
+class UnsentRecords(QueueError):
+    """The records' bodies were made, but the queue did not take ``bodies``
+    (the others went, but those in ``refused``, too large to send)."""
+
+    def __init__(self, message: str, bodies: list[str], refused: Sequence[Refused] = ()) -> None:
         super().__init__(message)
         self.bodies = bodies
+        self.refused = list(refused)
 
 
 @runtime_checkable
 class RecordSink(Protocol):
-    """A queue that takes records and makes their bodies itself."""
+    """A queue that takes packed records and makes their bodies itself."""
 
-    def send_records(self, records: Sequence[Record]) -> None:
-        """Send the records' events; raise :class:`UnsentRecords` (with the
-        bodies) when the queue failed, any other error when even the bodies
-        could not be made."""
+    def send_packed(self, packs: Sequence[bytes]) -> list[Refused]:
+        """Send the events of the records in ``packs`` (see :func:`pack`);
+        return the bodies refused for their size (the rest went). Raise
+        :class:`UnsentRecords` (with the bodies not sent) when the queue
+        failed, any other error when even the bodies could not be made."""
 
 
 class EncodingSink:
     """Any queue as a :class:`RecordSink`: makes the bodies here, then sends them."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.queue = queue
+        self.max_body_bytes = max_body_bytes
 
-    def send_records(self, records: Sequence[Record]) -> None:
-        bodies = bodies_of(records)
-        try:
-            self.queue.send(bodies)
-        except Exception as error:  # any adapter failure: the caller keeps the bodies
-            raise UnsentRecords(f"{type(error).__name__}: {error}", bodies) from error
+    def send_packed(self, packs: Sequence[bytes]) -> list[Refused]:
+        return self.send_records([record for packed in packs for record in unpack(packed)])
+
+    def send_records(self, records: Sequence[Record]) -> list[Refused]:
+        return send_bodies(self.queue, bodies_of(records), self.max_body_bytes)

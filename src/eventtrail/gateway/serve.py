@@ -1,43 +1,84 @@
 """Running the gateway: opening its publisher from the settings, and serving
-an ASGI app on uvicorn, in the foreground or in a background thread."""
+an ASGI app on uvicorn, in the foreground (:func:`serve_gateway`, in one
+process or in several sharing the port) or in a background thread, with
+limits on what one client may hold (:class:`GuardedHttpProtocol`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import logging
+import multiprocessing
+import os
+import signal
+import socket
 import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Self
+from types import FrameType
+from typing import Any, ClassVar, Self
 
+import httptools
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from eventtrail.config import Settings, open_queue
-from eventtrail.gateway.config import GatewayConfig, PublisherSettings
+from eventtrail.gateway.config import GatewayConfig, PublisherSettings, ServerLimits
 from eventtrail.gateway.offload import ProcessQueue
+from eventtrail.gateway.proxy import GatewayApp, build_app
 from eventtrail.gateway.publisher import Publisher, PublisherCounts
 from eventtrail.gateway.spill import SpillFile
 from eventtrail.queue import Queue
+from eventtrail.retry import Backoff
+from eventtrail.web.server import bind, port_unavailable
 
-__all__ = ["GatewayServer", "open_publisher", "server_config", "spill_path", "tune_gc"]
+__all__ = [
+    "GatewayServer",
+    "GuardedHttpProtocol",
+    "listening_socket",
+    "open_publisher",
+    "serve_gateway",
+    "server_config",
+    "spill_path",
+    "tune_gc",
+]
 
 log = logging.getLogger(__name__)
 
 SPILL_FILE = "gateway-spill.db"
 
 
-def spill_path(publishing: PublisherSettings, settings: Settings) -> Path:
-    """Where the spill file lives: configured, else in the data folder."""
-    return Path(publishing.spill_path) if publishing.spill_path else Path(settings.data_dir) / SPILL_FILE
+def spill_path(publishing: PublisherSettings, settings: Settings, worker: int = 0) -> Path:
+    """Where the spill file lives: configured, else in the data folder.
+
+    Each worker process has its own (and so its own journal beside it):
+    worker 0 the path itself, worker ``n`` the path with ``-n`` before its
+    suffix. A spill file's pending count and a journal's file numbers belong
+    to one process; a worker restarted under the same number takes over
+    what its predecessor left.
+    """
+    path = Path(publishing.spill_path) if publishing.spill_path else Path(settings.data_dir) / SPILL_FILE
+    return path if worker == 0 else path.with_name(f"{path.stem}-{worker}{path.suffix}")
 
 
-def open_publisher(config: GatewayConfig, settings: Settings, *, queue: Queue | None = None) -> Publisher:
-    """A started publisher on the configured queue (or ``queue``), with its
-    spill file. Events spilled by an earlier run are sent once the queue answers."""
+def open_publisher(
+    config: GatewayConfig, settings: Settings, *, queue: Queue | None = None, worker: int = 0
+) -> Publisher:
+    """A started publisher on the configured queue (or ``queue``), with the
+    spill file of worker number ``worker``. Events spilled by an earlier run
+    are sent once the queue answers."""
     publishing = config.publisher
     if queue is None:
-        queue = ProcessQueue(settings) if publishing.queue_process else open_queue(settings)
-    spill = SpillFile(spill_path(publishing, settings))
+        queue = (
+            ProcessQueue(settings, call_timeout=publishing.send_timeout)
+            if publishing.queue_process
+            else open_queue(settings)
+        )
+    spill = SpillFile(spill_path(publishing, settings, worker))
     return Publisher(
         queue,
         spill,
@@ -46,6 +87,7 @@ def open_publisher(config: GatewayConfig, settings: Settings, *, queue: Queue | 
         flush_interval=publishing.flush_interval,
         retry_interval=publishing.retry_interval,
         max_retry_interval=publishing.max_retry_interval,
+        journal_interval=publishing.journal_interval,
     ).start()
 
 
@@ -64,9 +106,259 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 100)
 
 
-def server_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head that is too large."""
+
+
+# After a refusal, what the client still sends is read and thrown away for at
+# most this long before the connection closes, so that its kernel does not
+# reset the connection before the client read the answer (nginx's lingering
+# close).
+_LINGER_SECONDS = 2.0
+
+
+class _CorkedTransport:
+    """A connection's transport as uvicorn's response cycle sees it: a
+    response's head is held until its first body write or the end of the
+    event loop's iteration, whichever comes first, so that a head and a body
+    that follows at once leave in one ``send()`` instead of two (each write
+    on a busy machine can hand the CPU to the process it wakes). Nothing
+    else is held, and nothing once the response is complete."""
+
+    __slots__ = ("_flush_due", "_held", "_hold_next", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._hold_next = False
+        self._flush_due = False
+
+    def hold_head(self) -> None:
+        """The next write is a response head: hold it."""
+        self._hold_next = True
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.transport.write(held + data)
+        elif self._hold_next:
+            self._hold_next = False
+            self._held = data
+            if not self._flush_due:
+                self._flush_due = True
+                self._loop.call_soon(self._flush_soon)
+        else:
+            self.transport.write(data)
+
+    def _flush_soon(self) -> None:
+        self._flush_due = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is held, now."""
+        self._hold_next = False
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on the request head.
+
+    uvicorn bounds neither the size of a request head nor the time a client
+    takes to send it: httptools keeps every byte of an unfinished header, and
+    a connection that never completes its head (or never sends a byte) is
+    held forever. Both are decided here, at the connection, where bytes and
+    time are seen before any request exists. ``limits`` is set by
+    :func:`guarded_protocol`.
+    """
+
+    limits: ClassVar[ServerLimits] = ServerLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One timer per connection, not one per request: a request only
+        # notes when its head began; the timer checks that note when it fires.
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_began = 0.0
+        self._awaiting_head = False
+        self._head_bytes = 0
+        # Set when a head began inside a chunk (pipelining): its bytes were
+        # not all counted, so its size is measured when it completes.
+        self._measure_head = False
+        # A request message is being parsed (its body may outlive its answer).
+        self._message_open = False
+        self._refused = False
+
+    # -- the head's deadline and size ---------------------------------------
+
+    def _await_head(self) -> None:
+        self._awaiting_head = True
+        self._head_bytes = 0
+        self._head_began = self.loop.time()
+
+    def _watch_head(self, delay: float) -> None:
+        self._head_timer = self.loop.call_later(delay, self._check_head)
+
+    def _busy(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _check_head(self) -> None:
+        timeout = self.limits.header_timeout
+        if self.transport.is_closing():
+            self._head_timer = None
+            return
+        waited = self.loop.time() - self._head_began
+        if not self._awaiting_head or waited < timeout:
+            self._watch_head(timeout - waited if self._awaiting_head else timeout)
+            return
+        if self._busy():
+            # A pipelined head arriving while the previous answer is made:
+            # its time starts again once that answer is out.
+            self._head_began = self.loop.time()
+            self._watch_head(timeout)
+            return
+        self._head_timer = None
+        if self._head_bytes:
+            self._refuse(408, b"Request Timeout")
+        else:
+            self.transport.close()
+
+    def _refuse(self, status: int, message: bytes) -> None:
+        self._refused = True
+        self._awaiting_head = False
+        self._corked.flush()
+        if self._busy():
+            # A pipelined head, while the previous answer is still going out:
+            # let that answer finish, then close instead of answering this one.
+            self.cycle.keep_alive = False
+            return
+        self._unset_keepalive_if_required()
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\n" % len(message),
+                    b"connection: close\r\n\r\n",
+                    message,
+                ]
+            )
+        )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _head_size(self) -> int:
+        # The request line's method and version, and ": " and CRLF per header.
+        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    # -- uvicorn's protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._corked = _CorkedTransport(transport, self.loop)
+        self._await_head()
+        self._watch_head(self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._awaiting_head:
+            self._head_bytes += len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            if isinstance(error.__context__, _HeadTooLarge):
+                self._refuse(431, b"Request Header Fields Too Large")
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._awaiting_head and self._head_bytes > self.limits.max_header_bytes:
+            self._refuse(431, b"Request Header Fields Too Large")
+
+    def on_message_begin(self) -> None:
+        self._message_open = True
+        super().on_message_begin()
+        if not self._awaiting_head:
+            self._await_head()
+            self._measure_head = True
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_head = False
+        limit = self.limits.max_header_bytes
+        if (self._head_bytes > limit or self._measure_head) and self._head_size() > limit:
+            raise _HeadTooLarge
+        self._measure_head = False
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:
+            cycle.transport = self._corked  # type: ignore[assignment]
+            if not any(queued is cycle for queued, _ in self.pipeline):
+                # Its answer starts now (a pipelined one waits its turn
+                # while the previous answer goes out: nothing is held then).
+                self._corked.hold_head()
+
+    def on_message_complete(self) -> None:
+        self._message_open = False
+        super().on_message_complete()
+        if not self._busy() and not self.transport.is_closing():
+            self._await_head()
+
+    def on_response_complete(self) -> None:
+        # A head without a body write (HEAD, 204, 304) leaves now: whatever
+        # this protocol writes next must come after it.
+        self._corked.flush()
+        super().on_response_complete()
+        # The next head is awaited once the request was read and answered.
+        if not self._message_open and not self._busy() and not self.transport.is_closing():
+            self._await_head()
+
+
+def guarded_protocol(limits: ServerLimits) -> type[GuardedHttpProtocol]:
+    """The protocol class uvicorn instantiates per connection, with ``limits``."""
+    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
+
+
+def server_config(
+    app: Any, host: str, port: int, *, limits: ServerLimits | None = None, **options: Any
+) -> uvicorn.Config:
     """uvicorn settings for a proxy: no access log (the events are the log),
-    no Server/Date headers of its own (the upstream's pass through)."""
+    no Server/Date headers of its own (the upstream's pass through), and the
+    limits of ``limits``, else of the gateway app's ``[server]`` table, else
+    the defaults."""
+    if limits is None:
+        config = getattr(app, "config", None)
+        limits = config.server if isinstance(config, GatewayConfig) else ServerLimits()
     values: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -79,6 +371,14 @@ def server_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Con
         # The gateway appends the peer to X-Forwarded-For itself; uvicorn
         # would otherwise take a loopback client's X-Forwarded-For as the peer.
         "proxy_headers": False,
+        "http": guarded_protocol(limits),
+        "timeout_keep_alive": limits.keep_alive_timeout,
+        # uvicorn answers 503 to a request while this many connections are
+        # open or requests in flight.
+        "limit_concurrency": limits.max_connections,
+        # The same head bound if a caller chooses uvicorn's h11 protocol
+        # (without the head timeout, which only the protocol above has).
+        "h11_max_incomplete_event_size": limits.max_header_bytes,
     }
     values.update(options)
     return uvicorn.Config(app, **values)
@@ -105,6 +405,7 @@ class GatewayServer:
         self.publisher = publisher
         self._server = uvicorn.Server(server_config(app, host, port, **options))
         self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
         self.host = host
         self.port = port
 
@@ -113,6 +414,10 @@ class GatewayServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> Self:
+        """Serve; return once the port accepts connections. A port that
+        cannot be bound raises :class:`~eventtrail.web.server.PortUnavailable`."""
+        self._socket = bind(self.host, self.port)
+        self.port = int(self._socket.getsockname()[1])
         self._thread = threading.Thread(target=self._run, name="eventtrail-gateway", daemon=True)
         self._thread.start()
         waited = 0.0
@@ -123,18 +428,17 @@ class GatewayServer:
                 raise TimeoutError(f"the server on {self.host}:{self.port} did not start in {timeout}s")
             self._thread.join(0.01)
             waited += 0.01
-        if self.port == 0:
-            sockets = [sock for server in self._server.servers for sock in server.sockets]
-            self.port = int(sockets[0].getsockname()[1])
         return self
 
     def _run(self) -> None:
-        asyncio.run(self._server.serve())
+        asyncio.run(self._server.serve(sockets=[self._socket] if self._socket is not None else None))
 
     def stop(self, timeout: float = 15.0) -> PublisherCounts | None:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._socket is not None:
+            self._socket.close()
         if self.publisher is not None:
             return self.publisher.close()
         return None
@@ -144,3 +448,281 @@ class GatewayServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopped gracefully by SIGINT or SIGTERM (a second
+    SIGINT: at once) without raising the signal again once stopped, so that
+    the caller's cleanup (flushing the events) runs. A worker process
+    (``ignore_interrupt``) leaves SIGINT, which Ctrl-C sends to the whole
+    process group, to its parent, which stops it with SIGTERM."""
+
+    def __init__(self, config: uvicorn.Config, *, ignore_interrupt: bool = False) -> None:
+        super().__init__(config)
+        self.ignore_interrupt = ignore_interrupt
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGINT and self.ignore_interrupt:
+            return
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``: each worker
+    binds its own and the kernel spreads new connections among them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if listen:
+            sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError as error:
+        sock.close()
+        raise port_unavailable(error, host, port) from None
+    return sock
+
+
+def _serve_here(
+    config: GatewayConfig,
+    settings: Settings | None,
+    host: str,
+    port: int,
+    *,
+    worker: int = 0,
+    sock: socket.socket | None = None,
+    ignore_interrupt: bool = False,
+    prepare_app: Callable[[GatewayApp], None] | None = None,
+) -> PublisherCounts | None:
+    recording = settings is not None and config.recording.enabled
+    publisher = open_publisher(config, settings, worker=worker) if recording and settings else None
+    try:
+        app = build_app(config, publisher)
+        if prepare_app is not None:
+            prepare_app(app)
+        server = _Server(server_config(app, host, port), ignore_interrupt=ignore_interrupt)
+        tune_gc()
+        server.run(sockets=[sock] if sock is not None else None)
+    finally:
+        counts = publisher.close() if publisher is not None else None
+    return counts
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux
+    ``PR_SET_PDEATHSIG``), so that a supervisor killed by SIGKILL leaves no
+    worker holding the port; exit now if the parent is already gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        raise SystemExit(0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_main(
+    config: GatewayConfig,
+    settings: Settings | None,
+    host: str,
+    port: int,
+    worker: int,
+    report: Connection,
+    parent: int,
+    prepare_app: Callable[[GatewayApp], None] | None,
+) -> None:
+    """A worker process: its own socket on the shared port, its own publisher."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_with_parent(parent)
+    sock = listening_socket(host, port)
+    counts = _serve_here(
+        config,
+        settings,
+        host,
+        port,
+        worker=worker,
+        sock=sock,
+        ignore_interrupt=True,
+        prepare_app=prepare_app,
+    )
+    with contextlib.suppress(OSError):  # a parent that died no longer reads it
+        report.send(counts)
+    report.close()
+
+
+_RESTART_BACKOFF = Backoff(attempts=None, base=0.5, cap=30.0, jitter=False)
+
+
+class _Workers:
+    """``count`` worker processes serving one port, each restarted (under its
+    number, so that it takes over its predecessor's spill file and journal)
+    after a capped, doubling delay if it exits while the gateway runs."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        settings: Settings | None,
+        host: str,
+        port: int,
+        count: int,
+        *,
+        prepare_app: Callable[[GatewayApp], None] | None = None,
+        backoff: Backoff = _RESTART_BACKOFF,
+        stable_after: float = 60.0,
+    ) -> None:
+        self.config, self.settings, self.host, self.port = config, settings, host, port
+        self.prepare_app = prepare_app
+        self.backoff = backoff
+        self.stable_after = stable_after
+        self.restarts = 0
+        self.counts: list[PublisherCounts] = []
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: list[Any] = [None] * count
+        self._reports: list[Connection | None] = [None] * count
+        self._started = [0.0] * count
+        self._failures = [0] * count
+        self._due = [0.0] * count
+
+    def _spawn(self, worker: int) -> None:
+        receiving, sending = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(
+                self.config,
+                self.settings,
+                self.host,
+                self.port,
+                worker,
+                sending,
+                os.getpid(),
+                self.prepare_app,
+            ),
+            name=f"eventtrail-gateway-{worker}",
+        )
+        process.start()
+        sending.close()
+        self._processes[worker], self._reports[worker] = process, receiving
+        self._started[worker] = time.monotonic()
+
+    def _collect(self, worker: int) -> None:
+        report = self._reports[worker]
+        if report is not None:
+            try:
+                if report.poll():
+                    counts = report.recv()
+                    if counts is not None:
+                        self.counts.append(counts)
+            except (EOFError, OSError):
+                pass
+            report.close()
+            self._reports[worker] = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Start the workers, keep them running until ``stop`` is set, then
+        stop them gracefully (SIGTERM) and collect their publishers' counts."""
+        for worker in range(len(self._processes)):
+            self._spawn(worker)
+        try:
+            while not stop.wait(0.2):
+                self._tend()
+        finally:
+            self._stop_all()
+
+    def _tend(self) -> None:
+        now = time.monotonic()
+        for worker, process in enumerate(self._processes):
+            if process is not None and process.is_alive():
+                continue
+            if process is not None:
+                self._collect(worker)
+                ran = now - self._started[worker]
+                self._failures[worker] = 1 if ran >= self.stable_after else self._failures[worker] + 1
+                delay = self.backoff.delay(self._failures[worker])
+                self.restarts += 1
+                code = process.exitcode
+                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                log.error(
+                    "gateway worker %d (pid %s) stopped (%s); restarting it in %.1fs",
+                    worker,
+                    process.pid,
+                    how,
+                    delay,
+                )
+                self._processes[worker] = None
+                self._due[worker] = now + delay
+            elif now >= self._due[worker]:
+                self._spawn(worker)
+
+    def _stop_all(self, timeout: float = 30.0) -> None:
+        running = [process for process in self._processes if process is not None and process.is_alive()]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("gateway worker pid %s did not stop in %.0fs; killing it", process.pid, timeout)
+                process.kill()
+                process.join()
+        for worker in range(len(self._processes)):
+            self._collect(worker)
+
+
+def serve_gateway(
+    config: GatewayConfig,
+    settings: Settings | None,
+    host: str,
+    port: int,
+    *,
+    workers: int = 1,
+    prepare_app: Callable[[GatewayApp], None] | None = None,
+    announce: Callable[[int], None] | None = None,
+) -> list[PublisherCounts]:
+    """Serve the gateway in the foreground until SIGINT or SIGTERM, then let
+    in-flight requests end, flush the events and return each publisher's
+    final counts. ``settings`` ``None`` (or recording disabled in
+    ``config``): a plain reverse proxy.
+
+    ``workers`` > 1: that many processes, each with its own socket on the
+    port (``SO_REUSEPORT``: the kernel spreads connections among them), its
+    own publisher and spill file (:func:`spill_path`); this process
+    supervises them and restarts one that dies.
+
+    ``prepare_app`` is called with each process's app before it serves (with
+    several workers, in each worker: it must then be picklable, a module-level
+    function). ``announce`` hears the port once it is bound, before anything
+    is served: a port that cannot be bound raises
+    :class:`~eventtrail.web.server.PortUnavailable` first.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    if workers == 1:
+        with bind(host, port) as sock:
+            if announce is not None:
+                announce(int(sock.getsockname()[1]))
+            counts = _serve_here(config, settings, host, port, sock=sock, prepare_app=prepare_app)
+        return [counts] if counts is not None else []
+    # Held (bound, not listening) while the workers run: it resolves port 0
+    # and keeps the port from any process but this gateway's workers.
+    with listening_socket(host, port, listen=False) as reserved:
+        port = int(reserved.getsockname()[1])
+        if announce is not None:
+            announce(port)
+        stop = threading.Event()
+
+        def stop_on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        supervisor = _Workers(config, settings, host, port, workers, prepare_app=prepare_app)
+        try:
+            supervisor.run(stop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return supervisor.counts
