@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from eventtrail.config import load_settings, open_queue, open_store
+from eventtrail.event import Event
+from eventtrail.store import AppendStatus
 
 
 def eventtrail_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -44,3 +48,22 @@ def spawn(data_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> s
         env=eventtrail_env(data_dir, env),
         cwd=data_dir,
     )
+
+
+def seed(
+    data_dir: Path, events: Sequence[Event] = (), dead_letters: Sequence[tuple[str, str]] = ()
+) -> list[str]:
+    """Store ``events`` and make a dead letter of each ``(body, reason)`` in
+    the real SQLite files of ``data_dir``; return the dead letters' ids."""
+    settings = load_settings({"data_dir": str(data_dir)})
+    with open_store(settings) as store:
+        results = store.append(list(events))
+    assert all(result.status is AppendStatus.STORED for result in results), results
+    with open_queue(settings) as queue:
+        ids = queue.send([body for body, _ in dead_letters])
+        received = queue.receive(len(ids) or 1, visibility_timeout=60)
+        reasons = dict(zip(ids, (reason for _, reason in dead_letters), strict=True))
+        for message in received:
+            queue.dead_letter(message, reasons[message.id])
+    assert len(received) == len(ids)
+    return ids

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 import typer
-from rich.table import Table
+from rich.console import RenderableType
 from rich.text import Text
 
 from eventtrail.cli.common import (
@@ -15,14 +15,18 @@ from eventtrail.cli.common import (
     DataDir,
     UsageError,
     console,
+    duration_option,
+    finite,
+    parsed_option,
     settings_from,
     write_json,
 )
+from eventtrail.cli.render import Column, fit, shown
 from eventtrail.config import open_store
 from eventtrail.health import HealthReport, HealthThresholds, ServiceHealth, service_health
-from eventtrail.times import parse_duration, parse_moment
+from eventtrail.times import parse_moment
 
-__all__ = ["health", "health_table", "print_report"]
+__all__ = ["health", "health_view", "print_report"]
 
 _DEFAULTS = HealthThresholds()
 
@@ -33,29 +37,42 @@ def _ms(value: float | None) -> str:
 
 def _status(service: ServiceHealth) -> Text:
     style = {"ok": "green", "faulty": "bold red"}.get(service.status, "yellow")
-    return Text(service.status, style=style)
+    return shown(service.status, style)
 
 
-def health_table(report: HealthReport) -> Table:
-    """The report as a table, one row per service, faulty ones in red."""
-    table = Table(
-        title=f"service health, {report.since[:19]} to {report.until[:19]} UTC", title_justify="left"
-    )
-    for column in ("service", "status", "calls", "errors", "error rate", "p50", "p95", "p99", "baseline p95"):
-        table.add_column(column, justify="left" if column in ("service", "status") else "right")
-    for service in report.services:
-        table.add_row(
-            Text(service.service, style="bold red" if service.status == "faulty" else ""),
+_COLUMNS = (
+    Column("service"),
+    Column("status"),
+    Column("calls", justify="right", labelled=True),
+    Column("errors", justify="right", labelled=True),
+    Column("error rate", justify="right", labelled=True),
+    # On a narrow terminal the baseline goes first, then the extremes.
+    Column("p50", role="optional", justify="right", drop_order=2, labelled=True),
+    Column("p95", justify="right", labelled=True),
+    Column("p99", role="optional", justify="right", drop_order=1, labelled=True),
+    Column("baseline p95", role="optional", justify="right", drop_order=0, labelled=True),
+)
+
+
+def health_view(report: HealthReport, width: int) -> RenderableType:
+    """The report as a table no wider than ``width``, one row per service,
+    faulty ones in red."""
+    rows = [
+        [
+            shown(service.service, "bold red" if service.status == "faulty" else ""),
             _status(service),
-            f"{service.calls:,}",
-            f"{service.errors:,}",
-            f"{service.error_rate:.1%}",
-            _ms(service.p50_ms),
-            _ms(service.p95_ms),
-            _ms(service.p99_ms),
-            _ms(service.baseline_p95_ms) if service.baseline_calls else "-",
-        )
-    return table
+            Text(f"{service.calls:,}"),
+            Text(f"{service.errors:,}"),
+            Text(f"{service.error_rate:.1%}"),
+            Text(_ms(service.p50_ms)),
+            Text(_ms(service.p95_ms)),
+            Text(_ms(service.p99_ms)),
+            Text(_ms(service.baseline_p95_ms) if service.baseline_calls else "-"),
+        ]
+        for service in report.services
+    ]
+    title = Text(f"service health, {report.since[:19]} to {report.until[:19]} UTC")
+    return fit(_COLUMNS, rows, width, title)
 
 
 def health(
@@ -64,13 +81,17 @@ def health(
         str | None, typer.Option(help="End of the window: a timestamp or a time ago. [default: now]")
     ] = None,
     max_error_rate: Annotated[
-        float, typer.Option(min=0, max=0.999, help="Faulty above this share of failed calls.")
+        float,
+        typer.Option(min=0, max=0.999, callback=finite, help="Faulty above this share of failed calls."),
     ] = _DEFAULTS.max_error_rate,
     latency_factor: Annotated[
-        float, typer.Option(min=1.01, help="Faulty when p95 latency is this many times its baseline...")
+        float,
+        typer.Option(
+            min=1.01, callback=finite, help="Faulty when p95 latency is this many times its baseline..."
+        ),
     ] = _DEFAULTS.latency_factor,
     min_latency_increase_ms: Annotated[
-        float, typer.Option(min=0, help="...and at least this many ms above it.")
+        float, typer.Option(min=0, callback=finite, help="...and at least this many ms above it.")
     ] = _DEFAULTS.min_latency_increase_ms,
     min_calls: Annotated[
         int, typer.Option(min=1, help="No verdict on a service with fewer calls.")
@@ -82,11 +103,8 @@ def health(
 ) -> None:
     """Calls, errors and latency per service over a window, and which service
     is faulty and why (error rate, or latency far above the window before)."""
-    try:
-        length = parse_duration(window)
-        end = parse_moment(until) if until else None
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    length = duration_option("--window", window)
+    end = parsed_option("--until", parse_moment, until) if until else None
     thresholds = HealthThresholds(
         max_error_rate=max_error_rate,
         latency_factor=latency_factor,
@@ -94,8 +112,12 @@ def health(
         min_calls=min_calls,
     )
     settings = settings_from(backend, data_dir, config_file)
-    with open_store(settings) as store:
-        report = service_health(store, length, until=end, thresholds=thresholds)
+    with open_store(settings, read_only=True) as store:
+        try:
+            report = service_health(store, length, until=end, thresholds=thresholds)
+        except ValueError as error:
+            # The window and the baseline window before it reach past year 1.
+            raise UsageError(f"--window: {error}") from None
     if as_json:
         write_json(msgspec.json.encode(report))
         return
@@ -105,6 +127,6 @@ def health(
 def print_report(report: HealthReport) -> None:
     """The table (if any service was called) and the verdict, on stdout."""
     if report.services:
-        console.print(health_table(report))
+        console.print(health_view(report, console.width), crop=False)
     style = "bold red" if report.faulty else "green"
-    console.print(Text.assemble(("verdict: ", "bold"), (report.verdict, style)), soft_wrap=True)
+    console.print(Text.assemble(("verdict: ", "bold"), shown(report.verdict, style)), soft_wrap=True)
