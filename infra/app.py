@@ -12,14 +12,15 @@ from pathlib import Path
 # The stack's package lives next to this file, outside the runtime package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aws_cdk import App
-
 from eventtrail_infra.asset import AssetBuildError
 from eventtrail_infra.settings import InvalidStackSettings
 from eventtrail_infra.synth import add_stack
 
 
 def main() -> None:
+    # After eventtrail_infra, which quiets jsii's Node.js banner before the CDK starts jsii.
+    from aws_cdk import App
+
     app = App()
     try:
         add_stack(app)

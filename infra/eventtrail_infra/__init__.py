@@ -7,9 +7,14 @@ and DLQ), :mod:`~eventtrail_infra.table`, :mod:`~eventtrail_infra.consumer`
 :mod:`~eventtrail_infra.access` (managed policies for the gateway and readers).
 :mod:`~eventtrail_infra.settings` reads the settings from CDK context and
 :mod:`~eventtrail_infra.asset` builds the Lambda asset; neither imports the
-CDK, so this package's import stays light.
+CDK, so this package's import stays light. Importing the package quiets
+jsii's Node.js banner (:mod:`~eventtrail_infra.node`) before any of its
+modules imports the CDK.
 """
 
+from eventtrail_infra.node import quiet_jsii_node_warnings
 from eventtrail_infra.settings import InvalidStackSettings, StackSettings, settings_from_context
+
+quiet_jsii_node_warnings()
 
 __all__ = ["InvalidStackSettings", "StackSettings", "settings_from_context"]

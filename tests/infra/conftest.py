@@ -4,7 +4,6 @@ context) and a production stack, checked by cdk-nag while they synthesize."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,13 +12,15 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("aws_cdk", reason="the cdk extra is not installed")
-
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 if str(INFRA) not in sys.path:
     sys.path.insert(0, str(INFRA))
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+# Before the CDK's first import, which starts jsii: its Node.js banner stays quiet.
+import eventtrail_infra  # noqa: E402, F401
+
+pytest.importorskip("aws_cdk", reason="the cdk extra is not installed")
 
 from aws_cdk import App, Validations  # noqa: E402
 from aws_cdk.assertions import Template  # noqa: E402
@@ -28,7 +29,7 @@ from cdk_nag import AwsSolutionsChecks  # noqa: E402
 from eventtrail_infra.asset import build_asset  # noqa: E402
 from eventtrail_infra.settings import StackSettings  # noqa: E402
 from eventtrail_infra.stack import EventTrailStack  # noqa: E402
-from eventtrail_infra.synth import add_stack  # noqa: E402
+from eventtrail_infra.synth import add_stack, cdk_json_context  # noqa: E402
 
 #: The dev stack's settings, as `cdk synth -c` would give them (strings): every
 #: name differs from the runtime's defaults, so a test passing proves the names
@@ -86,7 +87,8 @@ class Synthesized:
 def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synthesized]:
     asset_dir = build_asset(tmp_path_factory.mktemp("asset") / "lambda")
     directory = tmp_path_factory.mktemp("cdk.out")
-    app = App(outdir=str(directory), context=DEV_CONTEXT)
+    # cdk.json's context (feature flags) under the dev settings, as `cdk synth -c` gives them.
+    app = App(outdir=str(directory), context={**cdk_json_context(), **DEV_CONTEXT})
     dev = add_stack(app, asset_dir=asset_dir, build=False)
     prod = EventTrailStack(app, PROD_SETTINGS.stack_name, settings=PROD_SETTINGS, asset_dir=asset_dir)
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))

@@ -1,14 +1,19 @@
-"""``demo``: eventtrail end to end on this machine, in one command."""
+"""``demo``: eventtrail end to end on this machine, in one command;
+``demo-services``: only the demo's two services, for a gateway of your own."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from eventtrail.cli.common import ConfigFile, DataDir, UsageError, console, err_console, settings_from
 from eventtrail.cli.health import print_report
@@ -17,7 +22,7 @@ if TYPE_CHECKING:
     from eventtrail.demo.stack import DemoStack, DemoTotals
     from eventtrail.demo.traffic import TrafficCounts
 
-__all__ = ["demo"]
+__all__ = ["demo", "demo_services"]
 
 
 def demo(
@@ -43,9 +48,10 @@ def demo(
 
     Starts two microservices (A healthy; B slow, failing a quarter of its
     calls and sometimes timing out), the recording gateway in front of them,
-    a worker storing the events in the embedded store, and the web UI. Sends
-    traffic for a while, prints the service health verdict and the UI's
-    address, then keeps the traffic flowing and everything serving until
+    a worker storing the events in the embedded store, and the web UI, whose
+    address comes first. Sends traffic for a while (GET orders and POST new
+    ones on A, GET stock and prices on B), prints the service health
+    verdict, then keeps the traffic flowing and everything serving until
     Ctrl-C (or --duration). The events stay in the data folder afterwards.
     """
     try:
@@ -60,14 +66,16 @@ def demo(
     stack = DemoStack(settings, ui_port=port, gateway_port=gateway_port, seed=seed)
     try:
         stack.start()
-    except OSError as error:
-        raise UsageError(f"{error} (is port {port} taken? --port 0 picks a free one)") from None
-    err_console.print(
-        f"Microservice A and B behind the gateway on {stack.gateway_url} (/a and /b);"
-        f" events stored in {settings.store_path}"
-    )
+    except (OSError, RuntimeError) as error:
+        raise UsageError(_start_failure(error, port, gateway_port)) from None
     counts = TrafficCounts()
     try:
+        # The address first: the UI is worth watching while the first traffic flows.
+        console.print(f"web UI: {stack.ui_url} (requests, waterfalls, service health and map)")
+        err_console.print(
+            f"Microservice A and B behind the gateway on {stack.gateway_url} (/a and /b);"
+            f" events stored in {settings.store_path}"
+        )
         _first_traffic(stack, counts, seconds=min(traffic, duration or traffic), rate=rate, seed=seed)
         _verdict(stack)
         remaining = None if duration is None else duration - (time.monotonic() - begun)
@@ -80,6 +88,22 @@ def demo(
     finally:
         err_console.print("stopping the gateway, storing its last events...")
         _totals(stack.stop(), counts)
+
+
+def _start_failure(error: BaseException, ui_port: int, gateway_port: int) -> str:
+    """One line saying why the demo could not start, and which option helps."""
+    from eventtrail.web import PortUnavailable
+
+    if isinstance(error, PortUnavailable):  # its message names the port
+        option = "--gateway-port" if gateway_port and f"port {gateway_port} " in str(error) else "--port"
+        return f"{error}; {option} 0 picks a free one"
+    if gateway_port:
+        # The gateway's server reports no reason; a taken port is the likely one.
+        return (
+            f"the demo could not start: {error} (is port {gateway_port} taken?"
+            " --gateway-port 0 picks a free one)"
+        )
+    return f"the demo could not start: {error}"
 
 
 async def _traffic(
@@ -105,7 +129,7 @@ def _first_traffic(
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.fields[requests]:,} requests, {task.fields[failed]:,} failed calls"),
+        _TrafficColumn(),
         TimeRemainingColumn(),
         console=err_console,
     )
@@ -123,21 +147,95 @@ def _first_traffic(
         err_console.print("[yellow]some events are not stored yet; the verdict may miss them[/]")
 
 
+class _TrafficColumn(ProgressColumn):
+    """The requests sent and calls failed so far, in words that agree with the counts."""
+
+    def render(self, task: Task) -> Text:
+        requests: int = task.fields["requests"]
+        failed: int = task.fields["failed"]
+        return Text(f"{_count(requests, 'request')}, {_count(failed, 'failed call')}")
+
+
 def _verdict(stack: DemoStack) -> None:
     print_report(stack.health())
-    console.print(f"web UI: {stack.ui_url} (requests, waterfalls, service health and map)")
+    console.print(f"web UI: {stack.ui_url}")
     console.print(f"try it: curl -i {stack.gateway_url}/b/stock/42")
 
 
 def _totals(totals: DemoTotals, counts: TrafficCounts) -> None:
     events = totals.events
-    recorded = f"{events.sent:,} events recorded" if events is not None else "no events recorded"
+    recorded = f"{_count(events.sent, 'event')} recorded" if events is not None else "no events recorded"
     err_console.print(
-        f"{counts.requests:,} demo requests ({counts.calls:,} calls, {counts.failed:,} failed);"
-        f" {recorded}, {totals.stored:,} stored"
+        f"{_count(counts.requests, 'demo request')} ({_count(counts.calls, 'call')},"
+        f" {counts.failed:,} failed); {recorded}, {totals.stored:,} stored"
     )
     if events is not None and (events.dropped or events.spill_pending):
+        waiting = "waits" if events.spill_pending == 1 else "wait"
         err_console.print(
-            f"[yellow]{events.spill_pending:,} events wait in the spill file, {events.dropped:,} dropped[/]"
+            f"[yellow]{_count(events.spill_pending, 'event')} {waiting} in the spill file,"
+            f" {events.dropped:,} dropped[/]"
         )
     err_console.print("look again any time: eventtrail serve, eventtrail health --window 1h")
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 event``, ``2 events``: every noun here takes a plain s."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def demo_services(
+    port_a: Annotated[
+        int, typer.Option("--port-a", min=0, max=65535, help="Port of Microservice A (0: any free port).")
+    ] = 9001,
+    port_b: Annotated[
+        int, typer.Option("--port-b", min=0, max=65535, help="Port of Microservice B (0: any free port).")
+    ] = 9002,
+    seed: Annotated[int | None, typer.Option(help="Random seed, for the same behaviour every time.")] = None,
+) -> None:
+    """Serve the demo's two microservices for a gateway of your own, until Ctrl-C.
+
+    Microservice A (orders: GET /orders, GET /orders/ID, POST /orders; about
+    12 ms, never fails) and Microservice B (stock: GET and PUT /stock/ID, GET
+    /prices; about 120 ms, fails a quarter of its calls, sometimes hangs)
+    on 127.0.0.1, where examples/gateway.toml routes /a and /b:
+    run this, then `eventtrail up --config examples/gateway.toml`.
+    """
+    try:
+        from eventtrail.demo.services import FAULTY, HEALTHY, orders_service, stock_service
+        from eventtrail.web import BackgroundServer, PortUnavailable
+    except ImportError as error:
+        raise UsageError(
+            f"the demo services need the gateway and web extras: pip install 'eventtrail[gateway,web]'"
+            f" ({error})"
+        ) from None
+    host = "127.0.0.1"
+    servers = [
+        ("Microservice A", "--port-a", BackgroundServer(orders_service(HEALTHY, seed=seed), host, port_a)),
+        (
+            "Microservice B",
+            "--port-b",
+            BackgroundServer(stock_service(FAULTY, seed=None if seed is None else seed + 1), host, port_b),
+        ),
+    ]
+    stop = threading.Event()
+
+    def stop_serving(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {number: signal.signal(number, stop_serving) for number in (signal.SIGINT, signal.SIGTERM)}
+    started: list[BackgroundServer] = []
+    try:
+        for name, option, server in servers:
+            try:
+                server.start()
+            except PortUnavailable as error:
+                raise UsageError(f"{name}: {error}; {option} chooses another (0: any free port)") from None
+            started.append(server)
+            err_console.print(f"{name} on {server.url}")
+        err_console.print("serving until Ctrl-C")
+        stop.wait()
+    finally:
+        for server in started:
+            server.stop()
+        for number, handler in previous.items():
+            signal.signal(number, handler)

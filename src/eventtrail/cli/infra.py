@@ -8,7 +8,6 @@ these commands runs, so the rest of the CLI stays fast without them.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,8 +42,8 @@ def _load_infra() -> None:
         )
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
-    # jsii's Node.js end-of-life banner says nothing about the stack.
-    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+    # Quiets jsii's Node.js banner before anything imports the CDK.
+    import eventtrail_infra  # noqa: F401
 
 
 def _context(pairs: list[str]) -> dict[str, str]:

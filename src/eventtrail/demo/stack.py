@@ -110,9 +110,11 @@ class DemoStack:
                 service.start()
             config = gateway_config(self._services[0].url, self._services[1].url)
             publisher = open_publisher(config, self.settings)
+            # Kept before it starts: if it cannot, stop() still closes its publisher.
             self._gateway = GatewayServer(
                 build_gateway(config, publisher), self._host, self._gateway_port, publisher=publisher
-            ).start()
+            )
+            self._gateway.start()
             self._worker.start()
         except BaseException:
             self.stop()
