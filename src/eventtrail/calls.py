@@ -14,6 +14,7 @@ from typing import Any
 
 from eventtrail.event import Event
 from eventtrail.ids import uuid7_str
+from eventtrail.times import format_unix_ns
 
 __all__ = [
     "ERROR",
@@ -24,7 +25,6 @@ __all__ = [
     "call_request",
     "call_response",
     "error_data",
-    "moment_of_ns",
     "request_data",
     "response_data",
     "service_of",
@@ -39,23 +39,8 @@ GATEWAY = "Gateway"
 ERROR_KINDS = ("timeout", "refused", "reset", "error")
 
 
-_second: list[tuple[int, str]] = [(-1, "")]
-
-
-def moment_of_ns(unix_ns: int) -> str:
-    """Nanoseconds since the epoch in the store's fixed-width form
-    (``format_moment``), built directly: the gateway stamps every event, and
-    the events of one second share the formatted second."""
-    second, fraction = divmod(unix_ns // 1000, 1_000_000)
-    cached_second, text = _second[0]
-    if second != cached_second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second[0] = (second, text)
-    return f"{text}.{fraction:06d}Z"
-
-
 def _now() -> str:
-    return moment_of_ns(time.time_ns())
+    return format_unix_ns(time.time_ns())
 
 
 def _event(
@@ -64,9 +49,10 @@ def _event(
     data: dict[str, Any],
     source: str,
     timestamp: str | None,
+    event_id: str | None,
 ) -> Event:
     return Event(
-        id=uuid7_str(),
+        id=event_id or uuid7_str(),
         request_id=request_id,
         timestamp=timestamp or _now(),
         type=type_,
@@ -84,11 +70,16 @@ def call_request(
     *,
     source: str = GATEWAY,
     timestamp: str | None = None,
+    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
-    """Before the call. ``Name`` keeps the reference article's field."""
+    """Before the call. ``Name`` keeps the reference article's field.
+
+    ``event_id``: for producers that derive ids from what they read (a log
+    line, a span), so that reading it twice stores one event; default a new
+    UUIDv7."""
     data = request_data(service, call_id, method, path, extra)
-    return _event(REQUEST, request_id, data, source, timestamp)
+    return _event(REQUEST, request_id, data, source, timestamp, event_id)
 
 
 def call_response(
@@ -102,11 +93,12 @@ def call_response(
     bytes_out: int,
     source: str = GATEWAY,
     timestamp: str | None = None,
+    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
     """After the call returned a response (of any status)."""
     data = response_data(service, call_id, status, latency_ms, bytes_in, bytes_out, extra)
-    return _event(RESPONSE, request_id, data, source, timestamp)
+    return _event(RESPONSE, request_id, data, source, timestamp, event_id)
 
 
 def call_error(
@@ -119,11 +111,12 @@ def call_error(
     detail: str = "",
     source: str = GATEWAY,
     timestamp: str | None = None,
+    event_id: str | None = None,
     **extra: Any,
 ) -> Event:
     """The call failed without a response: ``error`` is one of ERROR_KINDS."""
     data = error_data(service, call_id, error, elapsed_ms, detail, extra)
-    return _event(ERROR, request_id, data, source, timestamp)
+    return _event(ERROR, request_id, data, source, timestamp, event_id)
 
 
 # The ``data`` of each kind of event, for those who build events without the

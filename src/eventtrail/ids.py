@@ -12,12 +12,13 @@ proxied call under load.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
 import uuid
 
-__all__ = ["uuid7", "uuid7_str", "uuid_str"]
+__all__ = ["derived_uuid7_str", "uuid7", "uuid7_str", "uuid_str"]
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -63,3 +64,21 @@ def uuid_str(value: int) -> str:
     """A 128-bit UUID as the canonical ``8-4-4-4-12`` hex string."""
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def derived_uuid7_str(unix_ms: int, key: bytes, sequence: int = 0) -> str:
+    """A UUIDv7 for ``unix_ms`` whose other bits are ``sequence`` (12 bits)
+    and a hash of ``key`` (62 bits).
+
+    The same key always gives the same id, so an event made again from the
+    same source (a log line read twice, a span exported twice) lands on its
+    stored copy. Like :func:`uuid7` it sorts by time, which keeps index
+    inserts at the right edge of the B-tree; within one millisecond, the
+    ids of one key sort by ``sequence`` (a call's request before its
+    response, as the store orders ties by id).
+    """
+    if not 0 <= sequence <= 0xFFF:
+        raise ValueError("sequence must be between 0 and 4095")
+    rand_b = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 2
+    ms = max(0, min(unix_ms, (1 << 48) - 1))
+    return uuid_str((ms << 80) | (0x7 << 76) | (sequence << 64) | (0b10 << 62) | rand_b)
