@@ -30,8 +30,10 @@ def _write_config(path: Path, upstream_url: str) -> Path:
 
 
 @contextmanager
-def _running(command: list[str], port: int, data_dir: Path) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "EVENTTRAIL_DATA_DIR": str(data_dir), "EVENTTRAIL_BACKEND": "local"}
+def _running(
+    command: list[str], port: int, data_dir: Path, *, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    env = {**os.environ, "EVENTTRAIL_DATA_DIR": str(data_dir), "EVENTTRAIL_BACKEND": "local", **(env or {})}
     env.pop("EVENTTRAIL_CONFIG", None)
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, cwd=data_dir.parent)
     try:
@@ -133,3 +135,71 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "nope.toml does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_up_stores_the_valid_messages_among_every_poison_and_its_worker_keeps_running(
+    tmp_path: Path, upstream_url: str
+) -> None:
+    from eventtrail.embedded.queue import SQLiteQueue
+    from eventtrail.event import encode_event
+    from tests.contract.store_contract import make_event
+    from tests.test_consumer import POISON, POISON_MAX_BODY_BYTES
+
+    port = free_port()
+    config = _write_config(tmp_path / "gateway.toml", upstream_url)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    # The poison the SQLite queue can hold, each between two valid events.
+    poison = [item for item in POISON if item.sqlite]
+    good = [make_event() for _ in range(len(poison) + 1)]
+    bodies = [encode_event(good[0]).decode()]
+    for item, event in zip(poison, good[1:], strict=True):
+        bodies += [item.body, encode_event(event).decode()]
+    env = {"EVENTTRAIL_MAX_BODY_BYTES": str(POISON_MAX_BODY_BYTES)}
+    command = [*EVENTTRAIL, "up", "--config", str(config), "--port", str(port)]
+    with _running(command, port, data_dir, env=env) as up:
+        with SQLiteQueue(data_dir / "queue.db") as queue:
+            queue.send(bodies)
+            deadline = time.monotonic() + 30
+            while queue.stats().dead < len(poison) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            letters = queue.dead_letters(len(poison) + 10)
+        assert len(letters) == len(poison)
+        for item, letter in zip(poison, letters, strict=True):
+            assert item.reason in letter.reason, (item.name, letter.reason)
+        # The worker child is still there: a call made after the poison is stored.
+        answer = httpx.get(f"http://127.0.0.1:{port}/echo/after", headers={"X-Request-Id": "after-poison"})
+        assert answer.status_code == 200
+        with SQLiteStore(data_dir / "events.db") as store:
+            while len(store.flow("after-poison")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(store.flow("after-poison")) == 2
+            assert all(store.flow(event.request_id) for event in good)
+        errors = _stop(up, signal.SIGTERM)
+    assert "restarted" not in errors and "Traceback" not in errors
+
+
+def test_a_taken_port_is_one_line_before_anything_listens(tmp_path: Path, upstream_url: str) -> None:
+    import socket
+
+    config = _write_config(tmp_path / "gateway.toml", upstream_url)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = {**os.environ, "EVENTTRAIL_DATA_DIR": str(data_dir)}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for command in ("gateway", "up"):
+            for workers in (["--workers", "2"] if command == "gateway" else []), []:
+                result = subprocess.run(
+                    [*EVENTTRAIL, command, "--config", str(config), "--port", str(port), *workers],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env=env,
+                )
+                assert result.returncode == 2, (command, workers, result.stderr)
+                lines = [line for line in result.stderr.splitlines() if not line.startswith("events stored")]
+                assert lines == [
+                    f"error: port {port} on 127.0.0.1 is taken (another program listens there)"
+                    " (--port 0 picks a free one)"
+                ], (command, workers)

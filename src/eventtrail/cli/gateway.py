@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -61,10 +62,11 @@ def _serve(
     *,
     workers: int = 1,
     prepare_app: Callable[[GatewayApp], None] | None = None,
+    listening: socket.socket | None = None,
 ) -> list[PublisherCounts]:
     """Serve until Ctrl-C or SIGTERM (in-flight requests end, the events are
     flushed); return each publisher's final counts. ``settings`` ``None``:
-    recording off."""
+    recording off; ``listening``: a socket from :func:`_bind`."""
     from eventtrail.gateway.serve import serve_gateway
     from eventtrail.web import PortUnavailable
 
@@ -82,8 +84,26 @@ def _serve(
 
     try:
         return serve_gateway(
-            config, settings, host, port, workers=workers, prepare_app=prepare_app, announce=announce
+            config,
+            settings,
+            host,
+            port,
+            workers=workers,
+            prepare_app=prepare_app,
+            announce=announce,
+            listening=listening,
         )
+    except PortUnavailable as error:
+        raise UsageError(f"{error} (--port 0 picks a free one)") from None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound before anything else starts: a taken port
+    is one error line, with nothing started and nothing printed before it."""
+    from eventtrail.web import PortUnavailable, bind
+
+    try:
+        return bind(host, port)
     except PortUnavailable as error:
         raise UsageError(f"{error} (--port 0 picks a free one)") from None
 
@@ -238,6 +258,7 @@ def up(
     """
     routes = _load(config)
     settings = settings_from("local", data_dir, config_file)
+    listening = _bind(host, port)
     # The worker opens the files too: create them once, here, before it
     # starts. A file that cannot be opened now (locked by another process)
     # is not fatal: the gateway spills and the worker is restarted until
@@ -257,7 +278,7 @@ def up(
         shown(f"events stored in {settings.store_path}; see them with `eventtrail flow REQUEST_ID`")
     )
     try:
-        for counts in _serve(routes, settings, host, port, prepare_app=count_restarts):
+        for counts in _serve(routes, settings, host, port, prepare_app=count_restarts, listening=listening):
             _report(counts)
     finally:
         worker.stop()

@@ -682,6 +682,7 @@ def serve_gateway(
     workers: int = 1,
     prepare_app: Callable[[GatewayApp], None] | None = None,
     announce: Callable[[int], None] | None = None,
+    listening: socket.socket | None = None,
 ) -> list[PublisherCounts]:
     """Serve the gateway in the foreground until SIGINT or SIGTERM, then let
     in-flight requests end, flush the events and return each publisher's
@@ -697,12 +698,13 @@ def serve_gateway(
     several workers, in each worker: it must then be picklable, a module-level
     function). ``announce`` hears the port once it is bound, before anything
     is served: a port that cannot be bound raises
-    :class:`~eventtrail.web.server.PortUnavailable` first.
+    :class:`~eventtrail.web.server.PortUnavailable` first. ``listening``: a
+    socket bound already (one process only), which the gateway then owns.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     if workers == 1:
-        with bind(host, port) as sock:
+        with listening or bind(host, port) as sock:
             if announce is not None:
                 announce(int(sock.getsockname()[1]))
             counts = _serve_here(config, settings, host, port, sock=sock, prepare_app=prepare_app)

@@ -21,6 +21,7 @@ __all__ = [
     "check_binding",
     "check_token",
     "is_loopback",
+    "port_unavailable",
     "serve",
     "trusted_hosts",
 ]
@@ -108,18 +109,23 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
     except OSError as error:
-        where = f"{host}:{port}"
-        if error.errno == errno.EADDRINUSE:
-            reason = f"port {port} on {host} is taken (another program listens there)"
-        elif error.errno == errno.EADDRNOTAVAIL:
-            reason = f"{host} is not an address of this machine"
-        elif error.errno == errno.EACCES:
-            reason = f"not allowed to listen on {where} (ports below 1024 need privileges)"
-        elif isinstance(error, socket.gaierror):
-            reason = f"cannot resolve {host!r}: {error.strerror}"
-        else:
-            reason = f"cannot listen on {where}: {error.strerror or error}"
-        raise PortUnavailable(error.errno or 0, reason) from None
+        raise port_unavailable(error, host, port) from None
+
+
+def port_unavailable(error: OSError, host: str, port: int) -> PortUnavailable:
+    """Why ``host:port`` could not be bound, in words a user can act on."""
+    where = f"{host}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        reason = f"port {port} on {host} is taken (another program listens there)"
+    elif error.errno == errno.EADDRNOTAVAIL:
+        reason = f"{host} is not an address of this machine"
+    elif error.errno == errno.EACCES:
+        reason = f"not allowed to listen on {where} (ports below 1024 need privileges)"
+    elif isinstance(error, socket.gaierror):
+        reason = f"cannot resolve {host!r}: {error.strerror}"
+    else:
+        reason = f"cannot listen on {where}: {error.strerror or error}"
+    return PortUnavailable(error.errno or 0, reason)
 
 
 def _config(app: ASGIApp) -> uvicorn.Config:
