@@ -9,6 +9,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from eventtrail.aws.schema import TABLE
+from eventtrail_infra.readmodels import READER_READ_MODEL_ACTIONS, read_model_index_arn
 
 __all__ = [
     "CONSUMER_TABLE_ACTIONS",
@@ -21,11 +22,13 @@ __all__ = [
 ]
 
 #: What the consumer function calls on the table (never on the indexes: writes
-#: to the table maintain them): batch writes with a one-by-one fallback, and
-#: the shard-count tag, read once (DescribeTable gives the ARN to read it on).
+#: to the table maintain them): one conditional put per event, a consistent
+#: read of the stored item when a put is refused and the endpoint did not
+#: return it (to tell a redelivery from a conflict), and the shard-count tag,
+#: read once (DescribeTable gives the ARN to read it on).
 CONSUMER_TABLE_ACTIONS = [
-    "dynamodb:BatchWriteItem",
     "dynamodb:PutItem",
+    "dynamodb:GetItem",
     "dynamodb:DescribeTable",
     "dynamodb:ListTagsOfResource",
 ]
@@ -69,7 +72,14 @@ class ReaderPolicy(Construct):
 
     policy: iam.ManagedPolicy
 
-    def __init__(self, scope: Construct, construct_id: str, *, table: dynamodb.ITable) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        table: dynamodb.ITable,
+        read_models: dynamodb.ITable | None = None,
+    ) -> None:
         super().__init__(scope, construct_id)
         self.policy = iam.ManagedPolicy(
             self,
@@ -79,3 +89,11 @@ class ReaderPolicy(Construct):
                 iam.PolicyStatement(actions=READER_ACTIONS, resources=[table.table_arn, *index_arns(table)])
             ],
         )
+        if read_models is not None:
+            # Health, series and request search read the read models only.
+            self.policy.add_statements(
+                iam.PolicyStatement(
+                    actions=READER_READ_MODEL_ACTIONS,
+                    resources=[read_models.table_arn, read_model_index_arn(read_models)],
+                )
+            )

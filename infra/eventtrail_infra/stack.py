@@ -10,10 +10,12 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from eventtrail.aws.schema import read_models_table_name
 from eventtrail_infra.access import CONSUMER_TABLE_ACTIONS, GatewayPolicy, ReaderPolicy
 from eventtrail_infra.consumer import EventConsumer
 from eventtrail_infra.monitoring import Alarms
 from eventtrail_infra.queue import EventQueue
+from eventtrail_infra.readmodels import CONSUMER_READ_MODEL_ACTIONS, ReadModelTable
 from eventtrail_infra.settings import StackSettings
 from eventtrail_infra.table import EventTable
 
@@ -93,6 +95,18 @@ class EventTrailStack(Stack):
         self.consumer.role.add_to_principal_policy(
             iam.PolicyStatement(actions=CONSUMER_TABLE_ACTIONS, resources=[self.events_table.table.table_arn])
         )
+        # The consumer keeps the read models as it stores events (docs/read-models.md).
+        self.read_model_table = ReadModelTable(
+            self,
+            "ReadModels",
+            table_name=read_models_table_name(settings.table_name),
+            production=settings.is_production,
+        )
+        self.consumer.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=CONSUMER_READ_MODEL_ACTIONS, resources=[self.read_model_table.table.table_arn]
+            )
+        )
         # Records that can never be stored go to the DLQ at once, with their reason.
         self.events_queue.dead_letter_queue.grant_send_messages(self.consumer.role)
         self.alarms = Alarms(
@@ -102,7 +116,9 @@ class EventTrailStack(Stack):
             function=self.consumer.function,
             topic_arn=settings.alarm_topic_arn,
         )
-        self.reader_policy = ReaderPolicy(self, "Readers", table=self.events_table.table)
+        self.reader_policy = ReaderPolicy(
+            self, "Readers", table=self.events_table.table, read_models=self.read_model_table.table
+        )
         self.gateway_policy = (
             GatewayPolicy(
                 self,
@@ -125,6 +141,7 @@ class EventTrailStack(Stack):
             "DeadLetterQueueUrl": dlq.queue_url,
             "DeadLetterQueueName": dlq.queue_name,
             "TableName": self.events_table.table.table_name,
+            "ReadModelTableName": self.read_model_table.table.table_name,
             "FunctionName": self.consumer.function.function_name,
             "ReaderPolicyArn": self.reader_policy.policy.managed_policy_arn,
         }

@@ -3,13 +3,14 @@ are found by their properties, never by logical id)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from aws_cdk.assertions import Match, Template
 
 from eventtrail.aws import lambda_handler
-from eventtrail.aws.schema import INDEX_SHARDS_TAG, TABLE
+from eventtrail.aws.schema import INDEX_SHARDS_TAG, READ_MODELS, TABLE, read_models_table_name
 from eventtrail.config import ENV_PREFIX, Settings
 from eventtrail_infra.access import (
     CONSUMER_TABLE_ACTIONS,
@@ -17,6 +18,7 @@ from eventtrail_infra.access import (
     GATEWAY_DLQ_ACTIONS,
     READER_ACTIONS,
 )
+from eventtrail_infra.readmodels import CONSUMER_READ_MODEL_ACTIONS, READER_READ_MODEL_ACTIONS
 from eventtrail_infra.runtime import HANDLER, RUNTIME_PYTHON_VERSION
 from eventtrail_infra.settings import StackSettings
 from eventtrail_infra.stack import consumer_environment
@@ -33,8 +35,12 @@ def queue_id(template: Template, name: str) -> str:
     return only(template.find_resources("AWS::SQS::Queue", {"Properties": {"QueueName": name}}))[0]
 
 
-def table_id(template: Template) -> str:
-    return only(template.find_resources("AWS::DynamoDB::Table"))[0]
+def table_id(template: Template, name: str = DEV_CONTEXT["table_name"]) -> str:
+    return only(template.find_resources("AWS::DynamoDB::Table", {"Properties": {"TableName": name}}))[0]
+
+
+#: The dev stack's read-model table, named after its events table.
+DEV_READ_MODEL_TABLE = read_models_table_name(DEV_CONTEXT["table_name"])
 
 
 def function_id(template: Template) -> tuple[str, Mapping[str, Any]]:
@@ -188,7 +194,11 @@ def test_event_source_reports_batch_item_failures_with_bounded_concurrency(
 
 
 def test_table_keys_and_indexes_are_the_adapter_schema(dev_template: Template) -> None:
-    _, table = only(dev_template.find_resources("AWS::DynamoDB::Table"))
+    _, table = only(
+        dev_template.find_resources(
+            "AWS::DynamoDB::Table", {"Properties": {"TableName": DEV_CONTEXT["table_name"]}}
+        )
+    )
     properties = table["Properties"]
     assert properties["TableName"] == DEV_CONTEXT["table_name"]
     assert properties["KeySchema"] == [
@@ -223,8 +233,11 @@ def test_table_is_on_demand_with_recovery_ttl_and_its_shard_count(dev_template: 
 
 def test_dev_deletes_its_data_with_the_stack(dev_template: Template) -> None:
     dev_template.has_resource("AWS::DynamoDB::Table", {"DeletionPolicy": "Delete"})
-    _, table = only(dev_template.find_resources("AWS::DynamoDB::Table"))
-    assert not table["Properties"].get("DeletionProtectionEnabled", False)
+    tables = dev_template.find_resources("AWS::DynamoDB::Table")
+    assert len(tables) == 2  # the events and their read models
+    for table in tables.values():
+        assert table["DeletionPolicy"] == "Delete"
+        assert not table["Properties"].get("DeletionProtectionEnabled", False)
 
 
 def test_prod_retains_and_protects_its_data(prod_template: Template) -> None:
@@ -271,10 +284,13 @@ def test_function_writes_only_the_table_and_never_its_indexes(dev_template: Temp
         for statement in statements_of_role(dev_template, role)
         if any(action.startswith("dynamodb:") for action in actions(statement))
     ]
-    assert len(table_statements) == 1
-    (statement,) = table_statements
-    assert sorted(actions(statement)) == sorted(CONSUMER_TABLE_ACTIONS)
-    assert resources(statement) == [arn_of(table_id(dev_template))]
+    # One on the events table, one on the read models (which it keeps as it stores events).
+    assert len(table_statements) == 2
+    by_table = {repr(resources(statement)): sorted(actions(statement)) for statement in table_statements}
+    assert by_table == {
+        repr([arn_of(table_id(dev_template))]): sorted(CONSUMER_TABLE_ACTIONS),
+        repr([arn_of(table_id(dev_template, DEV_READ_MODEL_TABLE))]): sorted(CONSUMER_READ_MODEL_ACTIONS),
+    }
 
 
 def test_function_consumes_the_queue_and_sends_only_to_the_dead_letter_queue(
@@ -299,35 +315,55 @@ def test_function_consumes_the_queue_and_sends_only_to_the_dead_letter_queue(
     assert "sqs:ReceiveMessage" not in by_resource[repr(dlq)]
 
 
+def _grants(statements: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(effect, action, resource) of every statement: the same grants whatever
+    their order (the minimizePolicies flag sorts and merges statements)."""
+    grants = set()
+    for statement in statements:
+        actions, resources = statement["Action"], statement["Resource"]
+        for action in [actions] if isinstance(actions, str) else actions:
+            for resource in resources if isinstance(resources, list) else [resources]:
+                grants.add((statement["Effect"], action, json.dumps(resource, sort_keys=True)))
+    return grants
+
+
+def managed_policy_grants(template: Template) -> list[set[tuple[str, str, str]]]:
+    return [
+        _grants(policy["Properties"]["PolicyDocument"]["Statement"])
+        for policy in template.find_resources("AWS::IAM::ManagedPolicy").values()
+    ]
+
+
 def test_gateway_policy_only_sends_to_the_queue(dev_template: Template) -> None:
     queue = arn_of(queue_id(dev_template, DEV_CONTEXT["queue_name"]))
     dlq = arn_of(queue_id(dev_template, DEV_CONTEXT["dlq_name"]))
     assert "sqs:SendMessage" in GATEWAY_ACTIONS
     assert "sqs:SendMessage" not in GATEWAY_DLQ_ACTIONS
-    dev_template.has_resource_properties(
-        "AWS::IAM::ManagedPolicy",
-        {
-            "PolicyDocument": {
-                "Statement": [
-                    {"Effect": "Allow", "Action": GATEWAY_ACTIONS, "Resource": queue},
-                    {"Effect": "Allow", "Action": GATEWAY_DLQ_ACTIONS[0], "Resource": dlq},
-                ]
-            }
-        },
+    expected = _grants(
+        [
+            {"Effect": "Allow", "Action": GATEWAY_ACTIONS, "Resource": queue},
+            {"Effect": "Allow", "Action": GATEWAY_DLQ_ACTIONS, "Resource": dlq},
+        ]
     )
+    assert expected in managed_policy_grants(dev_template)
 
 
 def test_reader_policy_queries_the_table_and_each_named_index(dev_template: Template) -> None:
     table = arn_of(table_id(dev_template))
     index_arns = [{"Fn::Join": ["", [table, f"/index/{index.name}"]]} for index in TABLE.indexes]
-    dev_template.has_resource_properties(
-        "AWS::IAM::ManagedPolicy",
-        {
-            "PolicyDocument": {
-                "Statement": [{"Effect": "Allow", "Action": READER_ACTIONS, "Resource": [table, *index_arns]}]
-            }
-        },
+    read_models = arn_of(table_id(dev_template, DEV_READ_MODEL_TABLE))
+    read_model_index = {"Fn::Join": ["", [read_models, f"/index/{READ_MODELS.requests_index.name}"]]}
+    expected = _grants(
+        [
+            {"Effect": "Allow", "Action": READER_ACTIONS, "Resource": [table, *index_arns]},
+            {
+                "Effect": "Allow",
+                "Action": READER_READ_MODEL_ACTIONS,
+                "Resource": [read_models, read_model_index],
+            },
+        ]
     )
+    assert expected in managed_policy_grants(dev_template)
 
 
 def test_prod_without_gateway_policy_has_only_the_reader_policy(prod_template: Template) -> None:
@@ -383,3 +419,69 @@ def test_outputs_name_what_clients_need(dev_template: Template) -> None:
     dev_template.has_output("TableName", {"Value": {"Ref": table_id(dev_template)}})
     dev_template.has_output("GatewayPolicyArn", {"Value": {"Ref": Match.any_value()}})
     dev_template.has_output("ReaderPolicyArn", {"Value": {"Ref": Match.any_value()}})
+
+
+# --- read models ---------------------------------------------------------------
+
+
+def test_read_model_table_keys_and_request_index_are_the_adapter_schema(dev_template: Template) -> None:
+    _, table = only(
+        dev_template.find_resources(
+            "AWS::DynamoDB::Table", {"Properties": {"TableName": DEV_READ_MODEL_TABLE}}
+        )
+    )
+    properties = table["Properties"]
+    assert properties["KeySchema"] == [
+        {"AttributeName": READ_MODELS.partition_key, "KeyType": "HASH"},
+        {"AttributeName": READ_MODELS.sort_key, "KeyType": "RANGE"},
+    ]
+    index = READ_MODELS.requests_index
+    assert properties["GlobalSecondaryIndexes"] == [
+        {
+            "IndexName": index.name,
+            "KeySchema": [
+                {"AttributeName": index.partition_key, "KeyType": "HASH"},
+                {"AttributeName": index.attribute, "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "ALL"},
+        }
+    ]
+    assert sorted(
+        (attribute["AttributeName"], attribute["AttributeType"])
+        for attribute in properties["AttributeDefinitions"]
+    ) == sorted(READ_MODELS.key_attributes())
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": READ_MODELS.ttl, "Enabled": True}
+
+
+def test_prod_retains_and_protects_its_read_models(prod_template: Template) -> None:
+    name = read_models_table_name(PROD_SETTINGS.table_name)
+    _, table = only(prod_template.find_resources("AWS::DynamoDB::Table", {"Properties": {"TableName": name}}))
+    assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    assert table["Properties"]["DeletionProtectionEnabled"] is True
+
+
+def test_read_models_need_no_stream_schedule_or_second_function(dev_template: Template) -> None:
+    # The consumer keeps them as it stores events (docs/read-models.md).
+    for table in dev_template.find_resources("AWS::DynamoDB::Table").values():
+        assert "StreamSpecification" not in table["Properties"]
+    dev_template.resource_count_is("AWS::Lambda::Function", 1)
+    dev_template.resource_count_is("AWS::Events::Rule", 0)
+    dev_template.resource_count_is("AWS::Lambda::EventSourceMapping", 1)
+
+
+def test_read_model_grants_never_delete_scan_or_touch_the_index_from_the_consumer() -> None:
+    for action in CONSUMER_READ_MODEL_ACTIONS + READER_READ_MODEL_ACTIONS:
+        assert action.startswith("dynamodb:") and "*" not in action
+    assert not {"dynamodb:Scan", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteTable"} & {
+        *CONSUMER_READ_MODEL_ACTIONS,
+        *READER_READ_MODEL_ACTIONS,
+    }
+    assert not {"dynamodb:PutItem", "dynamodb:UpdateItem"} & set(READER_READ_MODEL_ACTIONS)
+
+
+def test_outputs_name_the_read_model_table(dev_template: Template) -> None:
+    dev_template.has_output(
+        "ReadModelTableName", {"Value": {"Ref": table_id(dev_template, DEV_READ_MODEL_TABLE)}}
+    )

@@ -51,17 +51,16 @@ def test_requests_filter_by_status_service_and_time(client: httpx.Client, backen
     assert all(row["status"] == "error" and row["errors"] >= 1 for row in failed)
     ok = get(client, "/api/requests", status="ok", service=SERVICE_B, limit=10)["requests"]
     assert ok and all(row["status"] == "ok" and SERVICE_B in row["services"] for row in ok)
+    # The search reads the request summaries: every match, and a cursor while more remain.
     nobody = get(client, "/api/requests", service="Microservice Z")
-    assert (
-        nobody["requests"] == []
-        and nobody["exhausted"] is True
-        and nobody["examined"] == len({e.request_id for e in backend.events})
-    )
+    assert nobody == {"requests": [], "cursor": None}
     oldest = min(event.timestamp for event in backend.events)
     early = datetime.fromisoformat(oldest) + timedelta(seconds=10)
     window = get(client, "/api/requests", until=early.isoformat(), limit=500)
-    assert window["exhausted"] is True
+    assert window["cursor"] is None
     assert window["requests"] and all(row["startedAt"] < early.isoformat() for row in window["requests"])
+    started = {e.request_id for e in backend.events if e.timestamp < early.isoformat()}
+    assert {row["requestId"] for row in window["requests"]} == started
 
 
 def test_a_flow_has_its_events_and_calls(client: httpx.Client, backend: Backend) -> None:
@@ -140,10 +139,13 @@ def test_openapi_describes_every_endpoint(client: httpx.Client) -> None:
         "/api/flows/{requestId}",
         "/api/events",
         "/api/health",
+        "/api/series",
         "/api/dlq",
     }
     schemas = document["components"]["schemas"]
-    assert {"Event", "HealthReport", "FlowView", "RecentRequests", "Error"} <= set(schemas)
+    assert {"Event", "HealthReport", "FlowView", "RequestPage", "SeriesReport", "Error"} <= set(schemas)
+    requests_parameters = {p["name"] for p in document["paths"]["/api/requests"]["get"]["parameters"]}
+    assert {"minDurationMs", "cursor"} <= requests_parameters
     events_parameters = {p["name"] for p in document["paths"]["/api/events"]["get"]["parameters"]}
     assert events_parameters == {"type", "source", "since", "until", "limit", "cursor", "order"}
 
@@ -249,3 +251,81 @@ def test_the_background_server_stops_cleanly(backend: Backend) -> None:
     server.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/api/dlq", timeout=2)
+
+
+def test_series_per_service_and_per_operation(client: httpx.Client, backend: Backend) -> None:
+    body = get(client, "/api/series", window="2h", step="5m")
+    assert body["step"] == "5m"
+    by_service = {entry["service"]: entry for entry in body["series"]}
+    assert set(by_service) == {SERVICE_A, SERVICE_B}
+    points = by_service[SERVICE_B]["points"]
+    assert len(points) == 24
+    assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+    ended = [
+        e
+        for e in backend.events
+        if e.data.get("Name") == SERVICE_B and e.type in ("MICROSERVICE_RESPONSE", "MICROSERVICE_ERROR")
+    ]
+    assert sum(p["calls"] for p in points) == len(ended)
+    failed = [e for e in ended if e.type == "MICROSERVICE_ERROR" or e.data.get("status", 0) >= 500]
+    assert sum(p["errors"] for p in points) == len(failed)
+    busy = [p for p in points if p["calls"]]
+    assert busy and all(p["p50Ms"] <= p["p95Ms"] <= p["p99Ms"] for p in busy)
+    per_operation = get(client, "/api/series", window="15m", service=SERVICE_B, perOperation="true")
+    assert per_operation["step"] == "1m"
+    operations = [entry["operation"] for entry in per_operation["series"]]
+    assert operations and all(entry["service"] == SERVICE_B for entry in per_operation["series"])
+    assert all(op.split(" ", 1)[1].startswith("/") for op in operations)
+
+
+def test_requests_by_minimum_duration_are_every_match_page_by_page(
+    client: httpx.Client, backend: Backend
+) -> None:
+    slow = get(client, "/api/requests", minDurationMs=1500, limit=500)["requests"]
+    assert all(row["durationMs"] >= 1500 for row in slow)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(200):
+        params: dict[str, Any] = {"minDurationMs": 1500, "limit": 3}
+        body = get(client, "/api/requests", **params, **({"cursor": cursor} if cursor else {}))
+        seen += [row["requestId"] for row in body["requests"]]
+        cursor = body["cursor"]
+        if cursor is None:
+            break
+    assert seen == [row["requestId"] for row in slow]
+
+
+def test_metrics_in_prometheus_text(client: httpx.Client, backend: Backend) -> None:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    ended = [
+        e
+        for e in backend.events
+        if e.data.get("Name") == SERVICE_B and e.type in ("MICROSERVICE_RESPONSE", "MICROSERVICE_ERROR")
+    ]
+    calls = int(lines[f'eventtrail_service_calls_total{{caller="Gateway",service="{SERVICE_B}"}}'])
+    assert calls >= len(ended)  # other tests of the session may add traffic
+    histogram = (
+        f'eventtrail_service_call_duration_seconds_bucket{{caller="Gateway",service="{SERVICE_B}",le="+Inf"}}'
+    )
+    assert int(lines[histogram]) == calls
+    assert "# TYPE eventtrail_service_call_failures_total counter" in text
+    buckets = [
+        int(value)
+        for key, value in lines.items()
+        if key.startswith(
+            f'eventtrail_service_call_duration_seconds_bucket{{caller="Gateway",service="{SERVICE_A}"'
+        )
+    ]
+    assert buckets == sorted(buckets)  # cumulative
+
+
+def test_metrics_need_the_token_when_the_server_has_one(token_server: BackgroundServer) -> None:
+    with httpx.Client(base_url=token_server.url, timeout=10) as client:
+        refused = client.get("/metrics")
+        assert refused.status_code == 401
+        answered = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answered.status_code == 200 and "eventtrail_service_calls_total" in answered.text

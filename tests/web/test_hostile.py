@@ -119,8 +119,80 @@ def test_a_reversed_range_is_a_400(client: httpx.Client) -> None:
     assert response.status_code == 400 and "since: must be before until" in response.json()["error"]
 
 
-_PATHS = ["/api/requests", "/api/events", "/api/health", "/api/dlq", "/api/flows/x", "/api/ui-settings"]
-_NAMES = ["since", "until", "limit", "cursor", "type", "source", "status", "service", "window", "order"]
+_PATHS = [
+    "/api/requests",
+    "/api/events",
+    "/api/health",
+    "/api/series",
+    "/api/dlq",
+    "/api/flows/x",
+    "/api/ui-settings",
+]
+_NAMES = [
+    "since",
+    "until",
+    "limit",
+    "cursor",
+    "type",
+    "source",
+    "status",
+    "service",
+    "window",
+    "order",
+    "step",
+    "perOperation",
+    "minDurationMs",
+]
+
+
+_SERIES_VALUES = [
+    "1m",
+    "0m",
+    "30s",
+    "90s",
+    "1m30s",
+    "7d",
+    "8d",
+    "99999999999d",
+    "1e308d",
+    "nan",
+    "-1m",
+    "",
+    "x",
+]
+
+
+@pytest.mark.parametrize("step", _SERIES_VALUES)
+@pytest.mark.parametrize("window", _SERIES_VALUES)
+def test_hostile_series_windows_and_steps_are_a_400_or_an_answer(
+    client: httpx.Client, window: str, step: str
+) -> None:
+    response = client.get("/api/series", params={"window": window, "step": step})
+    assert response.status_code in (200, 400), (window, step, response.text)
+    if response.status_code == 400:
+        assert response.json()["error"].split(":")[0] in ("window", "step", "until")
+    else:
+        assert all(len(entry["points"]) <= 1440 for entry in response.json()["series"])
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"minDurationMs": "-1"}, "minDurationMs: must be between 0 and"),
+        ({"minDurationMs": "nan"}, "minDurationMs: must be between 0 and"),
+        ({"minDurationMs": "inf"}, "minDurationMs: must be between 0 and"),
+        ({"minDurationMs": "ten"}, "minDurationMs: 'ten' is not a number"),
+        ({"cursor": "bm90IGEgY3Vyc29y"}, "cursor:"),
+        ({"perOperation": "maybe"}, "unknown parameter perOperation"),
+    ],
+)
+def test_hostile_request_search_parameters_are_a_400(
+    client: httpx.Client, params: dict[str, str], message: str
+) -> None:
+    response = client.get("/api/requests", params=params)
+    assert response.status_code == 400 and response.json()["error"].startswith(message), response.text
+    series = client.get("/api/series", params={"perOperation": "maybe"})
+    assert series.status_code == 400 and series.json()["error"].startswith("perOperation:")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -168,12 +240,13 @@ def test_serve_never_prints_its_token(backend: Backend) -> None:
     port = free_port()
     process = spawn(backend.data_dir, "serve", "--port", str(port), "--token", TOKEN)
     try:
-        wait_for_port(port)
+        assert process.stderr is not None
+        announced = process.stderr.readline()
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=10)
-    assert f"http://127.0.0.1:{port}/" in stderr and "asks for the API token" in stderr
-    assert TOKEN not in stderr
+        _, rest = process.communicate(timeout=10)
+    assert f"http://127.0.0.1:{port}/" in announced and "asks for the API token" in announced
+    assert TOKEN not in announced + rest
 
 
 def test_serve_on_a_taken_port_is_one_line_before_any_listening_line(backend: Backend) -> None:

@@ -12,7 +12,7 @@ from eventtrail.calls import call_error, call_request, call_response
 from eventtrail.demo import demo_flows
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.store import format_moment
-from eventtrail.web.traces import flow_view, recent_requests
+from eventtrail.web.traces import find_requests, flow_view, summarise
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -59,21 +59,27 @@ def test_a_pending_call_makes_a_pending_request(store: SQLiteStore) -> None:
     assert view is not None and view.summary.status == "pending"
 
 
-def test_strict_filters_stop_after_the_candidate_budget(store: SQLiteStore) -> None:
-    for flow in demo_flows(120, start=T0, seed=5, spacing_ms=100):
+def test_the_request_search_finds_every_match_a_page_at_a_time(store: SQLiteStore) -> None:
+    flows = list(demo_flows(120, start=T0, seed=5, spacing_ms=100))
+    for flow in flows:
         store.append(flow)
-    everything = recent_requests(store, limit=500)
-    assert len(everything.requests) == 120 and everything.exhausted
-    capped = recent_requests(store, limit=10, service="nobody", max_candidates=50)
-    assert capped.requests == [] and capped.examined == 50 and not capped.exhausted
-    window = recent_requests(store, since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=4))
-    assert window.exhausted
-    # A request is in the range when one of its calls starts in it.
-    expected = {
-        e.request_id
-        for flow in demo_flows(120, start=T0, seed=5, spacing_ms=100)
-        for e in flow
-        if e.type == "MICROSERVICE_REQUEST" and at(2000) <= e.timestamp < at(4000)
-    }
-    assert {row.request_id for row in window.requests} != set()
-    assert len(window.requests) == len(expected)
+    everything = find_requests(store, limit=500)
+    assert len(everything.requests) == 120 and everything.cursor is None
+    assert find_requests(store, limit=10, service="nobody").requests == []
+    # A request is in the range when its first call starts in it.
+    expected = {flow[0].request_id for flow in flows if at(2000) <= min(e.timestamp for e in flow) < at(4000)}
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(100):
+        page = find_requests(
+            store, limit=3, since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=4), cursor=cursor
+        )
+        seen += [row.request_id for row in page.requests]
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert expected and seen and set(seen) == expected and len(seen) == len(expected)
+    for flow in flows[:20]:
+        summary = summarise(flow)
+        [found] = [row for row in everything.requests if row.request_id == summary.request_id]
+        assert found == summary  # the projection agrees with the flow read whole

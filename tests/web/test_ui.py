@@ -155,3 +155,41 @@ def test_a_malformed_address_is_an_error_not_a_frozen_ui(page: Page, server: Bac
     expect(page.get_by_test_id("request-row")).to_have_count(50)
     page.goto(f"{server.url}/#token=%E0%A4%A")
     expect(page.get_by_test_id("request-row")).to_have_count(50)
+
+
+def test_the_monitor_shows_rate_errors_and_p95_over_time_and_when_b_turned_faulty(
+    page: Page, server: BackgroundServer
+) -> None:
+    page.goto(f"{server.url}/#/monitor")
+    cards = page.get_by_test_id("monitor-card")
+    expect(cards).to_have_count(2)
+    b_card = page.locator(f'[data-testid=monitor-card][data-service="{SERVICE_B}"]')
+    a_card = page.locator(f'[data-testid=monitor-card][data-service="{SERVICE_A}"]')
+    # Three charts per service: rate, error %, p95; the faulty moment marked on B's.
+    expect(b_card.locator("svg.chart")).to_have_count(3)
+    expect(b_card.get_by_test_id("faulty-marker")).to_have_count(3)
+    expect(a_card.get_by_test_id("faulty-marker")).to_have_count(0)
+    since = b_card.get_attribute("data-faulty-since")
+    assert since and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:00\.000000Z", since)
+    expect(b_card.get_by_test_id("faulty-marker").first).to_have_attribute("data-since", since)
+    screenshot(page, "monitor")
+
+    # Clicking a point lists the requests of that bucket that called the service.
+    point = b_card.get_by_test_id("monitor-point").last
+    bucket = point.get_attribute("data-t")
+    point.click()
+    listed = page.get_by_test_id("bucket-requests")
+    expect(listed).to_be_visible()
+    expect(listed).to_have_attribute("data-t", bucket or "")
+    rows = page.get_by_test_id("bucket-request-row")
+    expect(rows.first).to_be_visible()
+    for index in range(min(rows.count(), 5)):
+        expect(rows.nth(index)).to_contain_text(SERVICE_B)
+    screenshot(page, "monitor-bucket")
+
+    # One service: one chart row per operation.
+    page.get_by_test_id("monitor-service").select_option(SERVICE_B)
+    operations = page.locator(f'[data-testid=monitor-card][data-service="{SERVICE_B}"]')
+    expect(operations.first).to_have_attribute("data-operation", re.compile(r"^[A-Z]+ /"))
+    expect(page.locator(f'[data-testid=monitor-card][data-service="{SERVICE_A}"]')).to_have_count(0)
+    screenshot(page, "monitor-operations")

@@ -1,7 +1,8 @@
 """The AWS Lambda handler: an SQS batch in, ``batchItemFailures`` out.
 
 It calls the same consumer core as ``eventtrail worker``
-(:meth:`eventtrail.consumer.Consumer.process`):
+(:meth:`eventtrail.consumer.Consumer.process`), whose store keeps the read
+models as it stores events (:mod:`eventtrail.readmodels.dynamodb`):
 
 - ``SUCCESS``: nothing to report, Lambda deletes the message;
 - ``RETRY``: reported in ``batchItemFailures``, so SQS delivers it again
@@ -45,7 +46,8 @@ DLQ_URL_VARIABLE = "EVENTTRAIL_DLQ_URL"
 logger = Logger(service="eventtrail")
 # The core's own log lines (retries, store errors) come out as the same JSON.
 copy_config_to_registered_loggers(
-    source_logger=logger, include={"eventtrail.consumer", "eventtrail.aws.dynamodb"}
+    source_logger=logger,
+    include={"eventtrail.consumer", "eventtrail.aws.dynamodb", "eventtrail.readmodels.dynamodb"},
 )
 
 

@@ -1,5 +1,6 @@
-"""Creating the queue, its DLQ and the table on an endpoint (``eventtrail aws
-init``), for local development and tests; production uses the CDK stack.
+"""Creating the queue, its DLQ, the table and its read-model table on an
+endpoint (``eventtrail aws init``), for local development and tests;
+production uses the CDK stack.
 
 Every step is idempotent: what exists is checked and, where it differs from
 the settings, brought in line (redrive policy) or reported (shard count,
@@ -18,8 +19,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from eventtrail.aws.backend import queue_url
 from eventtrail.aws.dynamodb import error_code
-from eventtrail.aws.schema import INDEX_SHARDS_TAG, TABLE
+from eventtrail.aws.schema import INDEX_SHARDS_TAG, READ_MODELS, TABLE, read_models_table_name
 from eventtrail.queue import QueueError
+from eventtrail.readmodels.dynamodb import record_new_table
 from eventtrail.store import StoreError
 
 if TYPE_CHECKING:
@@ -157,7 +159,8 @@ def ensure_table(client: DynamoDBClient, spec: TableSpec) -> list[str]:
             done.append(f"table {spec.table_name} exists")
         arn = _wait_active(client, spec.table_name)
         done.append(_ensure_shard_tag(client, arn, spec))
-        done.append(_ensure_ttl(client, spec.table_name))
+        done.append(_ensure_ttl(client, spec.table_name, TABLE.ttl))
+        done += _ensure_read_models_table(client, spec.table_name)
     except ClientError as error:
         raise StoreError(f"DynamoDB refused to set up table {spec.table_name}: {error}") from None
     except BotoCoreError as error:
@@ -191,17 +194,66 @@ def _ensure_shard_tag(client: DynamoDBClient, arn: str, spec: TableSpec) -> str:
     return f"the table records {recorded} index shards"
 
 
-def _ensure_ttl(client: DynamoDBClient, name: str) -> str:
+def _ensure_ttl(client: DynamoDBClient, name: str, attribute: str) -> str:
     try:
         status = client.describe_time_to_live(TableName=name).get("TimeToLiveDescription", {})
         if (
             status.get("TimeToLiveStatus") in ("ENABLED", "ENABLING")
-            and status.get("AttributeName") == TABLE.ttl
+            and status.get("AttributeName") == attribute
         ):
-            return f"time to live on {TABLE.ttl} is enabled"
+            return f"time to live on {attribute} is enabled"
         client.update_time_to_live(
-            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE.ttl}
+            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
         )
     except ClientError as error:
         return f"time to live not set: this endpoint does not support it ({error_code(error)})"
-    return f"enabled time to live on {TABLE.ttl}"
+    return f"enabled time to live on {attribute}"
+
+
+def _ensure_read_models_table(client: DynamoDBClient, events_table: str) -> list[str]:
+    """The read-model table beside ``events_table`` (on demand, the request
+    index, TTL). Made beside events that are already stored, it is recorded
+    as never built, so that readers ask for ``eventtrail rebuild`` instead of
+    showing only what came after it."""
+    name = read_models_table_name(events_table)
+    done: list[str] = []
+    try:
+        client.describe_table(TableName=name)
+    except ClientError as error:
+        if error_code(error) != "ResourceNotFoundException":
+            raise
+        index = READ_MODELS.requests_index
+        client.create_table(
+            TableName=name,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": attribute, "AttributeType": kind}  # type: ignore[typeddict-item]
+                for attribute, kind in READ_MODELS.key_attributes()
+            ],
+            KeySchema=[
+                {"AttributeName": READ_MODELS.partition_key, "KeyType": "HASH"},
+                {"AttributeName": READ_MODELS.sort_key, "KeyType": "RANGE"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": index.name,
+                    "KeySchema": [
+                        {"AttributeName": index.partition_key, "KeyType": "HASH"},
+                        {"AttributeName": index.attribute, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+        )
+        _wait_active(client, name)
+        events_stored = bool(client.scan(TableName=events_table, Limit=1).get("Items"))
+        record_new_table(client, name, events_stored=events_stored)
+        done.append(
+            f"created read-model table {name} (on demand, index {index.name})"
+            + ("; events are already stored: run `eventtrail rebuild`" if events_stored else "")
+        )
+    else:
+        _wait_active(client, name)
+        done.append(f"read-model table {name} exists")
+    done.append(_ensure_ttl(client, name, READ_MODELS.ttl))
+    return done

@@ -26,18 +26,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eventtrail.health import HealthThresholds, service_health
 from eventtrail.queue import Queue, QueueError
+from eventtrail.readmodels import read_models_of
+from eventtrail.readmodels.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from eventtrail.readmodels.prometheus import render_metrics
+from eventtrail.readmodels.series import BadSeries, default_step, series
 from eventtrail.store import InvalidCursor, Store, StoreError, TransientStoreError
 from eventtrail.times import parse_duration, parse_moment
 from eventtrail.web.openapi import openapi_document
 from eventtrail.web.server import trusted_hosts
-from eventtrail.web.traces import RequestStatus, flow_view, recent_requests
+from eventtrail.web.traces import RequestStatus, find_requests, flow_view
 
-__all__ = ["MAX_HEALTH_WINDOW", "build_app"]
+__all__ = ["MAX_HEALTH_WINDOW", "MAX_SERIES_WINDOW", "TokenCheck", "build_app"]
 
 STATIC = Path(__file__).parent / "static"
 
-#: The longest health window: longer ones read too many events per refresh.
+#: The longest health window (health reads rollups: its cost is bounded by
+#: the buckets of the window, not by its events).
 MAX_HEALTH_WINDOW = timedelta(days=1)
+
+#: The longest series window.
+MAX_SERIES_WINDOW = timedelta(days=7)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -89,6 +97,26 @@ class Parameters:
         if not low <= number <= high:
             raise BadParameter(f"{name}: must be between {low} and {high}, not {number}")
         return number
+
+    def number(self, name: str, *, low: float, high: float) -> float | None:
+        value = self._query.get(name)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise BadParameter(f"{name}: {value[:64]!r} is not a number") from None
+        if not low <= number <= high:  # NaN fails both comparisons
+            raise BadParameter(f"{name}: must be between {low:g} and {high:g}")
+        return number
+
+    def flag(self, name: str) -> bool:
+        value = self._query.get(name)
+        if value is None:
+            return False
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise BadParameter(f"{name}: {value[:64]!r} is not one of true, false")
+        return value.lower() in ("true", "1")
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         value = self._query.get(name)
@@ -146,14 +174,17 @@ def _json_endpoint(handler: Callable[[Request], Any]) -> Callable[[Request], Res
 
 
 class TokenCheck:
-    """Refuse ``/api/`` requests without ``Authorization: Bearer <token>``."""
+    """Refuse requests under ``prefix`` (one or several) without ``Authorization: Bearer <token>``."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str, *, prefix: str | tuple[str, ...] = ("/api/", "/metrics")
+    ) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
+        self.prefixes = (prefix,) if isinstance(prefix, str) else prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, self.expected):
                 message = "missing API token" if not given else "wrong API token"
@@ -188,17 +219,21 @@ def build_app(
     statuses: tuple[str, ...] = get_args(RequestStatus)
 
     def requests_(request: Request) -> Any:
-        query = Parameters(request, {"limit", "service", "status", "since", "until"})
+        query = Parameters(
+            request, {"limit", "service", "status", "since", "until", "minDurationMs", "cursor"}
+        )
         since, until = query.moment("since"), query.moment("until")
         _range(since, until)
         status = cast(RequestStatus | None, query.choice("status", statuses))
-        return recent_requests(
+        return find_requests(
             store,
             limit=query.integer("limit", 50, low=1, high=500),
             service=query.text("service"),
             status=status,
             since=since,
             until=until,
+            min_duration_ms=query.number("minDurationMs", low=0, high=1e12),
+            cursor=query.text("cursor", max_length=4096),
         )
 
     def flow(request: Request) -> Any:
@@ -238,6 +273,30 @@ def build_app(
         except ValueError as error:
             raise BadParameter(f"until: {error}") from None
 
+    def series_(request: Request) -> Any:
+        query = Parameters(request, {"window", "step", "service", "until", "perOperation"})
+        window = query.duration("window", timedelta(hours=1), longest=MAX_SERIES_WINDOW)
+        step = query.duration("step", default_step(window), longest=MAX_SERIES_WINDOW)
+        until = query.moment("until")
+        try:
+            return series(
+                read_models_of(store),
+                window,
+                step,
+                until=until,
+                service=query.text("service"),
+                operations=query.flag("perOperation"),
+            )
+        except BadSeries as error:
+            raise BadParameter(str(error)) from None
+
+    def metrics(_: Request) -> Response:
+        try:
+            body = render_metrics(read_models_of(store))
+        except StoreError as error:
+            return Response(f"# {error}\n", status_code=503, media_type="text/plain")
+        return Response(body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
     def dlq(request: Request) -> Any:
         query = Parameters(request, {"limit"})
         limit = query.integer("limit", 100, low=1, high=1000)
@@ -265,9 +324,11 @@ def build_app(
             Route("/api/flows/{request_id:path}", _json_endpoint(flow)),
             Route("/api/events", _json_endpoint(events)),
             Route("/api/health", _json_endpoint(health)),
+            Route("/api/series", _json_endpoint(series_)),
             Route("/api/dlq", _json_endpoint(dlq)),
             Route("/api/ui-settings", _json_endpoint(ui_settings)),
             Route("/openapi.json", openapi),
+            Route("/metrics", metrics),
             Route("/", index),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],

@@ -14,7 +14,8 @@ import msgspec
 from eventtrail import __version__
 from eventtrail.event import Event
 from eventtrail.health import HealthReport
-from eventtrail.web.traces import FlowView, RecentRequests
+from eventtrail.readmodels.series import SeriesReport
+from eventtrail.web.traces import FlowView, RequestPage
 
 __all__ = ["openapi_document"]
 
@@ -70,8 +71,8 @@ def _operation(summary: str, parameters: list[dict[str, Any]], ok: dict[str, Any
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    (requests_, flow, event, health), components = msgspec.json.schema_components(
-        [RecentRequests, FlowView, Event, HealthReport], ref_template=_REF
+    (requests_, flow, event, health, series), components = msgspec.json.schema_components(
+        [RequestPage, FlowView, Event, HealthReport, SeriesReport], ref_template=_REF
     )
     components["Error"] = {
         "type": "object",
@@ -115,7 +116,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             "/api/requests": _operation(
-                "Recent requests, newest first: one row per request id.",
+                "Requests that started in a range, newest first: one row per request id. Every"
+                " match is found, however rare: follow the cursor to the next page.",
                 [
                     _limit(50, 500),
                     _parameter("service", "Only requests that called this service.", _TEXT),
@@ -124,10 +126,16 @@ def openapi_document() -> dict[str, Any]:
                         "Only requests with this overall status.",
                         {"type": "string", "enum": ["ok", "error", "pending"]},
                     ),
+                    _parameter(
+                        "minDurationMs",
+                        "Only requests that lasted at least this many milliseconds.",
+                        {"type": "number", "minimum": 0},
+                    ),
                     _SINCE,
                     _UNTIL,
+                    _parameter("cursor", "The cursor of the previous page.", {"type": "string"}),
                 ],
-                _json(requests_, "The requests found."),
+                _json(requests_, "The requests found and the next page's cursor (null at the end)."),
             ),
             "/api/flows/{requestId}": _operation(
                 "One request's flow: its events in time order and its calls (the waterfall).",
@@ -160,6 +168,31 @@ def openapi_document() -> dict[str, Any]:
                     _UNTIL,
                 ],
                 _json(health, "The health report."),
+            ),
+            "/api/series": _operation(
+                "Calls, errors and latency percentiles per step over a window, per service"
+                " (or per operation of each service), read from the rollups.",
+                [
+                    _parameter(
+                        "window",
+                        "How far back from until (at most 7 days).",
+                        {"type": "string", "default": "1h", "examples": ["15m", "2h", "24h"]},
+                    ),
+                    _parameter(
+                        "step",
+                        "One point per step: whole minutes; at most 1440 points. Default: at most 60 points,"
+                        " in minutes up to a 6-hour window, in whole hours beyond.",
+                        {"type": "string", "examples": ["1m", "5m", "1h"]},
+                    ),
+                    _parameter("service", "Only this service.", _TEXT),
+                    _parameter(
+                        "perOperation",
+                        "One series per operation of each service.",
+                        {"type": "boolean", "default": False},
+                    ),
+                    _UNTIL,
+                ],
+                _json(series, "The series."),
             ),
             "/api/dlq": _operation(
                 "Dead letters (messages that could not be stored), oldest first.",

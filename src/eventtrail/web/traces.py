@@ -1,9 +1,10 @@
 """Requests as people look at them: one row per request, and one request's
 calls on a time axis (the waterfall).
 
-Recent requests are read as the newest ``MICROSERVICE_REQUEST`` events (the
-type index, newest first), grouped by request id, then each request's flow:
-never a scan of the whole store, so it works the same on DynamoDB.
+The request list reads the request summaries of the read models
+(:mod:`eventtrail.readmodels`), indexed by start time, service and status:
+every match in a range is found, however rare, a page at a time. One
+request's waterfall reads its flow.
 """
 
 from __future__ import annotations
@@ -15,24 +16,23 @@ import msgspec
 
 from eventtrail.calls import ERROR, REQUEST, RESPONSE, service_of
 from eventtrail.event import Event
+from eventtrail.readmodels import RequestPage, RequestQuery, RequestSummary, read_models_of
+from eventtrail.readmodels.model import RequestStatus, milliseconds_between
 from eventtrail.store import Store
+from eventtrail.times import format_moment
 
 __all__ = [
     "CallView",
     "FlowView",
-    "RecentRequests",
+    "RequestPage",
     "RequestStatus",
     "RequestSummary",
+    "find_requests",
     "flow_view",
-    "recent_requests",
     "summarise",
 ]
 
-RequestStatus = Literal["ok", "error", "pending"]
 CallOutcome = Literal["ok", "failed", "pending"]
-
-#: Request ids looked at, at most, to fill one list when filters are strict.
-MAX_CANDIDATES = 2000
 
 
 class CallView(msgspec.Struct, kw_only=True, rename="camel"):
@@ -53,36 +53,13 @@ class CallView(msgspec.Struct, kw_only=True, rename="camel"):
     event_ids: list[str]
 
 
-class RequestSummary(msgspec.Struct, kw_only=True, rename="camel"):
-    request_id: str
-    started_at: str
-    ended_at: str
-    duration_ms: float
-    services: list[str]
-    """Services called, in the order of their first call."""
-    calls: int
-    errors: int
-    status: RequestStatus
-    """``error`` if any call failed, else ``pending`` if a call has not ended, else ``ok``."""
-
-
 class FlowView(msgspec.Struct, kw_only=True, rename="camel"):
     summary: RequestSummary
     calls: list[CallView]
     events: list[Event]
 
 
-class RecentRequests(msgspec.Struct, kw_only=True, rename="camel"):
-    requests: list[RequestSummary]
-    examined: int
-    """Request ids looked at to find these (filters may skip many)."""
-    exhausted: bool
-    """Every request in the time range was looked at."""
-
-
-def _milliseconds_between(start: str, end: str) -> float:
-    delta = datetime.fromisoformat(end) - datetime.fromisoformat(start)
-    return round(delta.total_seconds() * 1000, 3)
+_milliseconds_between = milliseconds_between
 
 
 def _calls(events: list[Event]) -> list[CallView]:
@@ -162,7 +139,7 @@ def flow_view(store: Store, request_id: str) -> FlowView | None:
     return FlowView(summary=_summary(events, calls), calls=calls, events=events)
 
 
-def recent_requests(
+def find_requests(
     store: Store,
     *,
     limit: int = 50,
@@ -170,40 +147,17 @@ def recent_requests(
     status: RequestStatus | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    max_candidates: int = MAX_CANDIDATES,
-) -> RecentRequests:
-    """The newest requests that called ``service`` and ended with ``status``
-    (each filter optional), with a call starting in ``[since, until)``."""
-    found: list[RequestSummary] = []
-    seen: set[str] = set()
-    cursor: str | None = None
-    page_size = min(1000, max(limit * 4, 100))
-    while len(found) < limit and len(seen) < max_candidates:
-        page = store.events(
-            type=REQUEST, since=since, until=until, limit=page_size, cursor=cursor, newest_first=True
-        )
-        for event in page.events:
-            if event.request_id in seen:
-                continue
-            seen.add(event.request_id)
-            events = store.flow(event.request_id)
-            if not events:
-                continue
-            summary = summarise(events)
-            if (service is None or service in summary.services) and (
-                status is None or summary.status == status
-            ):
-                found.append(summary)
-                if len(found) >= limit:
-                    break
-            if len(seen) >= max_candidates:
-                break
-        else:
-            if page.cursor is None:
-                return RecentRequests(requests=_newest_first(found), examined=len(seen), exhausted=True)
-        cursor = page.cursor
-    return RecentRequests(requests=_newest_first(found), examined=len(seen), exhausted=False)
-
-
-def _newest_first(summaries: list[RequestSummary]) -> list[RequestSummary]:
-    return sorted(summaries, key=lambda summary: summary.started_at, reverse=True)
+    min_duration_ms: float | None = None,
+    cursor: str | None = None,
+) -> RequestPage:
+    """The requests that started in ``[since, until)``, called ``service``,
+    ended with ``status`` and lasted at least ``min_duration_ms`` (each
+    filter optional), newest first, one page at a time."""
+    query = RequestQuery(
+        since=format_moment(since) if since else None,
+        until=format_moment(until) if until else None,
+        service=service,
+        status=status,
+        min_duration_ms=min_duration_ms,
+    )
+    return read_models_of(store).requests(query, limit=limit, cursor=cursor)

@@ -1,5 +1,6 @@
-// eventtrail's UI: recent requests, a request's waterfall, service health and
-// the service map, read from the JSON API of the same server. No framework:
+// eventtrail's UI: recent requests, a request's waterfall, service health,
+// the service map and the monitor (rate, errors and p95 over time), read from
+// the JSON API of the same server. No framework:
 // every view is built with DOM calls (never innerHTML with data).
 "use strict";
 
@@ -93,36 +94,36 @@ function requestFilters() {
   return Object.fromEntries(new FormData(form).entries());
 }
 
+function requestRow(request) {
+  return el(
+    "tr",
+    {
+      class: "clickable",
+      "data-testid": "request-row",
+      "data-request-id": request.requestId,
+      "data-status": request.status,
+      onclick: () => { location.hash = `#/requests/${encodeURIComponent(request.requestId)}`; },
+    },
+    el("td", { class: "mono", text: clock(request.startedAt) }),
+    el("td", { class: "mono" }, el("a", { href: `#/requests/${encodeURIComponent(request.requestId)}`, text: request.requestId })),
+    el("td", { text: request.services.join(", ") }),
+    el("td", { text: `${request.calls}${request.errors ? ` (${request.errors} failed)` : ""}` }),
+    el("td", {}, el("span", { class: `badge ${request.status}`, "data-testid": "request-status", text: request.status })),
+    el("td", { text: ms(request.durationMs) }),
+  );
+}
+
 async function showRequests() {
   const filters = requestFilters();
   const data = await api("/api/requests", filters);
-  const body = document.getElementById("requests-body");
-  const rows = data.requests.map((request) =>
-    el(
-      "tr",
-      {
-        class: "clickable",
-        "data-testid": "request-row",
-        "data-request-id": request.requestId,
-        "data-status": request.status,
-        onclick: () => { location.hash = `#/requests/${encodeURIComponent(request.requestId)}`; },
-      },
-      el("td", { class: "mono", text: clock(request.startedAt) }),
-      el("td", { class: "mono" }, el("a", { href: `#/requests/${encodeURIComponent(request.requestId)}`, text: request.requestId })),
-      el("td", { text: request.services.join(", ") }),
-      el("td", { text: `${request.calls}${request.errors ? ` (${request.errors} failed)` : ""}` }),
-      el("td", {}, el("span", { class: `badge ${request.status}`, "data-testid": "request-status", text: request.status })),
-      el("td", { text: ms(request.durationMs) }),
-    ),
-  );
-  body.replaceChildren(...rows);
+  document.getElementById("requests-body").replaceChildren(...data.requests.map(requestRow));
   rememberServices(data.requests.flatMap((request) => request.services));
   const note = data.requests.length
     ? `${data.requests.length} request${data.requests.length === 1 ? "" : "s"}, newest first`
     : "no requests match";
-  document.getElementById("requests-note").textContent = data.exhausted
-    ? note
-    : `${note} (looked at the newest ${data.examined} requests)`;
+  document.getElementById("requests-note").textContent = data.cursor
+    ? `${note} (more match: narrow the filters or show more)`
+    : note;
 }
 
 // ---------- one request: the waterfall ----------
@@ -298,6 +299,154 @@ async function showMap() {
     : "no calls in this window";
 }
 
+// ---------- monitor: rate, errors and p95 over time ----------
+
+const DURATIONS = { m: 60000, h: 3600000, d: 86400000 };
+
+function stepMillis(step) {
+  const found = step.match(/^(\d+)([mhd])$/);
+  return found ? Number(found[1]) * DURATIONS[found[2]] : 60000;
+}
+
+function rememberMonitorServices(names) {
+  const select = document.querySelector("#monitor-filters [name=service]");
+  const present = new Set([...select.options].map((option) => option.value));
+  for (const name of [...names].sort()) {
+    if (!present.has(name)) select.append(el("option", { value: name, text: name }));
+  }
+}
+
+// One small chart: a polyline over the points, a marker where the service
+// turned faulty, and one clickable dot per point.
+function chart(title, points, value, format, faultySince, stepMs) {
+  const width = 360;
+  const height = 120;
+  const pad = { left: 46, right: 8, top: 18, bottom: 18 };
+  const values = points.map(value);
+  const known = values.filter((v) => v !== null && Number.isFinite(v));
+  const top = Math.max(...known, 0) || 1;
+  const first = Date.parse(points[0].t);
+  const last = Date.parse(points[points.length - 1].t) + stepMs;
+  const x = (time) => pad.left + ((time - first) / Math.max(last - first, 1)) * (width - pad.left - pad.right);
+  const y = (v) => height - pad.bottom - (v / top) * (height - pad.top - pad.bottom);
+  const line = points
+    .map((point, index) => [point, values[index]])
+    .filter(([, v]) => v !== null && Number.isFinite(v))
+    .map(([point, v]) => `${x(Date.parse(point.t) + stepMs / 2).toFixed(1)},${y(v).toFixed(1)}`)
+    .join(" ");
+  const children = [
+    svg("text", { x: pad.left, y: 12, class: "chart-title", text: title }),
+    svg("text", { x: pad.left - 4, y: pad.top + 4, "text-anchor": "end", class: "chart-axis", text: format(top) }),
+    svg("text", { x: pad.left - 4, y: height - pad.bottom, "text-anchor": "end", class: "chart-axis", text: format(0) }),
+    svg("line", { x1: pad.left, y1: height - pad.bottom, x2: width - pad.right, y2: height - pad.bottom, class: "chart-base" }),
+    svg("polyline", { points: line, class: "chart-line" }),
+  ];
+  if (faultySince) {
+    const at = x(Date.parse(faultySince));
+    children.push(
+      svg(
+        "g",
+        { "data-testid": "faulty-marker", "data-since": faultySince, class: "faulty-marker" },
+        svg("line", { x1: at, y1: pad.top, x2: at, y2: height - pad.bottom }),
+        svg("text", { x: at, y: height - 4, "text-anchor": "middle", text: `faulty since ${clock(faultySince).slice(11, 16)}` }),
+      ),
+    );
+  }
+  for (const [index, point] of points.entries()) {
+    const v = values[index];
+    if (v === null || !Number.isFinite(v) || point.calls === 0) continue;
+    children.push(
+      svg(
+        "circle",
+        {
+          cx: x(Date.parse(point.t) + stepMs / 2),
+          cy: y(v),
+          r: 3,
+          class: `chart-point${point.errors ? " has-errors" : ""}`,
+          "data-testid": "monitor-point",
+          "data-t": point.t,
+          "data-calls": String(point.calls),
+        },
+        svg("title", { text: `${clock(point.t)} · ${format(v)}` }),
+      ),
+    );
+  }
+  return svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": title }, ...children);
+}
+
+async function showBucket(service, operation, t, stepMs) {
+  const since = new Date(Date.parse(t)).toISOString();
+  const until = new Date(Date.parse(t) + stepMs).toISOString();
+  const data = await api("/api/requests", { service, since, until, limit: 100 });
+  const box = document.getElementById("bucket-requests");
+  box.hidden = false;
+  box.setAttribute("data-service", service);
+  box.setAttribute("data-t", t);
+  document.getElementById("bucket-title").textContent =
+    `${service}${operation ? ` · ${operation}` : ""}: requests started ${clock(t).slice(0, 16)} to ${clock(until).slice(11, 16)} UTC`;
+  document.getElementById("bucket-body").replaceChildren(
+    ...data.requests.map((request) => {
+      const row = requestRow(request);
+      row.setAttribute("data-testid", "bucket-request-row");
+      return row;
+    }),
+  );
+  document.getElementById("bucket-note").textContent = data.requests.length
+    ? `${data.requests.length} request${data.requests.length === 1 ? "" : "s"}${data.cursor ? " (the newest 100)" : ""}`
+    : "no request started in this bucket";
+}
+
+async function showMonitor() {
+  const form = document.getElementById("monitor-filters");
+  const window_ = form.querySelector("[name=window]").value;
+  const service = form.querySelector("[name=service]").value;
+  const params = { window: window_ };
+  if (service) {
+    params.service = service;
+    params.perOperation = "true";
+  }
+  const [data, health] = await Promise.all([
+    api("/api/series", params),
+    api("/api/health", { window: window_ }),
+  ]);
+  const since = new Map(health.services.filter((s) => s.faultySince).map((s) => [s.service, s.faultySince]));
+  rememberMonitorServices(health.services.map((s) => s.service));
+  const stepMs = stepMillis(data.step);
+  const perMinute = 60000 / stepMs;
+  const cards = data.series.map((entry) => {
+    const name = entry.operation ? `${entry.service} · ${entry.operation}` : entry.service;
+    const faultySince = entry.operation ? null : since.get(entry.service) || null;
+    const charts = [
+      chart("rate (calls/min)", entry.points, (p) => p.calls * perMinute, (v) => v.toFixed(v < 10 ? 1 : 0), faultySince, stepMs),
+      chart("errors (%)", entry.points, (p) => (p.calls ? (100 * p.errors) / p.calls : null), (v) => `${v.toFixed(0)}%`, faultySince, stepMs),
+      chart("p95 latency", entry.points, (p) => p.p95Ms, (v) => ms(v), faultySince, stepMs),
+    ];
+    for (const figure of charts) {
+      figure.addEventListener("click", (event) => {
+        const point = event.target.closest("[data-testid=monitor-point]");
+        if (point) showBucket(entry.service, entry.operation, point.getAttribute("data-t"), stepMs).catch((error) => setStatus(error.message, true));
+      });
+    }
+    return el(
+      "div",
+      {
+        class: `monitor-card${faultySince ? " faulty" : ""}`,
+        "data-testid": "monitor-card",
+        "data-service": entry.service,
+        "data-operation": entry.operation || "",
+        "data-faulty-since": faultySince || "",
+      },
+      el("h3", { text: faultySince ? `⚠ ${name}` : name }),
+      el("div", { class: "monitor-charts" }, ...charts),
+    );
+  });
+  document.getElementById("monitor-charts").replaceChildren(...cards);
+  document.getElementById("monitor-note").textContent = data.series.length
+    ? `${clock(data.since).slice(0, 16)} to ${clock(data.until).slice(0, 16)} UTC, one point per ${data.step}` +
+      `${service ? `, per operation of ${service}` : ""}. Click a point to list that bucket's requests.`
+    : "no calls in this window";
+}
+
 // ---------- routing and refresh ----------
 
 // The address bar is input like any other: a malformed escape in it is an
@@ -320,6 +469,7 @@ function route() {
   }
   if (hash.startsWith("#/health")) return { name: "health" };
   if (hash.startsWith("#/map")) return { name: "map" };
+  if (hash.startsWith("#/monitor")) return { name: "monitor" };
   return { name: "requests" };
 }
 
@@ -340,6 +490,7 @@ async function render() {
     if (current.name === "requests") await showRequests();
     else if (current.name === "flow") keepRefreshing = await showFlow(current.requestId);
     else if (current.name === "health") await showHealth();
+    else if (current.name === "monitor") await showMonitor();
     else await showMap();
     state.view = { ...current, keepRefreshing };
     setStatus(`updated ${new Date().toLocaleTimeString()}`);

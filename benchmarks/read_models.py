@@ -1,0 +1,248 @@
+"""Read models on the embedded store: readers over long windows, ingest with
+and without projections, and replay.
+
+1. Readers: service health, series (default step) and a rare-request search
+   (the failed calls of a service called once in about 5,000 requests) over
+   windows of 15 minutes, 2 hours and 24 hours that end at the newest event,
+   each against the same call over a 1-minute window in the same run. Target:
+   under 50 ms at 10M events, within 3x of the 1-minute call.
+2. Ingest: events/s through ``SQLiteStore.append`` in batches the size a
+   worker takes, with the projections applied (as shipped) and with them
+   replaced by a no-op, same run, same events. Target: at least 85% kept.
+3. Replay: ``rebuild`` throughput (events/s) while building the reader file.
+
+    .venv/bin/python benchmarks/read_models.py [--events 1000000] [--ingest 100000] [--rounds 3]
+        [--rebuild]
+
+The reader file (demo traffic spread over 26 hours, plus the rare service) is
+built once per size and kept in the temp directory: raw inserts, then
+``eventtrail rebuild``'s replay, which is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from eventtrail.calls import call_error, call_request
+from eventtrail.demo import demo_flows
+from eventtrail.embedded.sqlite import connect
+from eventtrail.embedded.store import _SCHEMA, SQLiteStore
+from eventtrail.event import Event
+from eventtrail.health import service_health
+from eventtrail.readmodels import read_models_of
+from eventtrail.readmodels.series import default_step, series
+from eventtrail.times import format_moment
+from eventtrail.web.traces import find_requests
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+SPAN = timedelta(hours=26)
+EVENTS_PER_REQUEST = 4.6
+RARE = "Microservice R"
+RARE_EVERY = 5000
+WINDOWS = {
+    "1m": timedelta(minutes=1),
+    "15m": timedelta(minutes=15),
+    "2h": timedelta(hours=2),
+    "24h": timedelta(days=1),
+}
+TARGET_SECONDS = 0.050
+TARGET_RATIO = 3.0
+
+_encode = msgspec.json.Encoder().encode
+
+
+def traffic(
+    count: int, *, start: datetime = START, span: timedelta = SPAN, seed: int = 2024
+) -> Iterator[Event]:
+    """Demo traffic spread over ``span``, plus a rare service's failed call in
+    one request of every :data:`RARE_EVERY`."""
+    requests = max(int(count / EVENTS_PER_REQUEST), 1)
+    spacing_ms = span.total_seconds() * 1000 / requests
+    for index, flow in enumerate(demo_flows(requests, start=start, seed=seed, spacing_ms=spacing_ms)):
+        yield from flow
+        if index % RARE_EVERY == RARE_EVERY // 2:
+            first = flow[0]
+            call_id = f"rare-{index}"
+            yield call_request(
+                first.request_id, call_id, RARE, "GET", f"/stock/{index}", timestamp=first.timestamp
+            )
+            yield call_error(
+                first.request_id,
+                call_id,
+                RARE,
+                error="timeout",
+                elapsed_ms=2500.0,
+                timestamp=flow[-1].timestamp,
+            )
+
+
+def build(path: Path, count: int) -> float:
+    """Write ``count`` events with big raw batches, then replay them into the
+    read models; return the replay's events/s."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    db = connect(path, synchronous="OFF")
+    db.executescript(_SCHEMA)
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    written = 0
+    began = time.perf_counter()
+    for e in traffic(count):
+        rows.append((e.id, e.request_id, e.timestamp, e.type, e.source, _encode(e.data).decode()))
+        if len(rows) >= 100_000:
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+            written += len(rows)
+            rows.clear()
+    if rows:
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
+        written += len(rows)
+    db.close()
+    print(f"wrote {written:,} events in {time.perf_counter() - began:.1f} s: {path}", flush=True)
+    with SQLiteStore(path) as store:
+        began = time.perf_counter()
+        replayed = read_models_of(store).rebuild()
+        elapsed = time.perf_counter() - began
+    with sqlite3.connect(path) as analysed:
+        analysed.execute("ANALYZE")
+    rate = replayed / elapsed
+    print(f"rebuild: {replayed:,} events replayed in {elapsed:.1f} s, {rate:,.0f} events/s", flush=True)
+    (path.parent / f"{path.name}.rebuild").write_text(f"{replayed} {elapsed}\n")
+    return rate
+
+
+def reader_file(count: int, rebuild: bool) -> tuple[Path, str]:
+    path = Path(tempfile.gettempdir()) / "eventtrail-bench" / f"read-models-{count}.db"
+    note = path.parent / f"{path.name}.rebuild"
+    if rebuild or not path.exists() or not note.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build(path, count)
+    replayed, elapsed = note.read_text().split()
+    return (
+        path,
+        f"{int(replayed):,} events in {float(elapsed):.1f} s, {int(replayed) / float(elapsed):,.0f} events/s",
+    )
+
+
+def median_seconds(run: Callable[[], object], samples: int) -> float:
+    run()  # warm the page cache and the statement cache
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def readers(path: Path, samples: int) -> list[tuple[str, str, float, float]]:
+    """(reader, window, seconds, ratio to the 1-minute window)."""
+    results: list[tuple[str, str, float, float]] = []
+    with SQLiteStore(path, read_only=True) as store:
+        models = read_models_of(store)
+        newest = store._query("SELECT max(ts) FROM events", ())[0][0]
+        end = datetime.fromisoformat(newest.replace("Z", "+00:00"))
+        calls: dict[str, Callable[[timedelta], object]] = {
+            "health": lambda window: service_health(store, window, until=end),
+            "series": lambda window: series(models, window, default_step(window), until=end),
+            "rare search": lambda window: find_requests(
+                store, service=RARE, status="error", since=end - window, until=end, limit=50
+            ),
+        }
+        for name, call in calls.items():
+            base = median_seconds(functools.partial(call, WINDOWS["1m"]), samples)
+            results.append((name, "1m", base, 1.0))
+            for label, window in WINDOWS.items():
+                if label == "1m":
+                    continue
+                seconds = median_seconds(functools.partial(call, window), samples)
+                results.append((name, label, seconds, seconds / base))
+        found = find_requests(
+            store, service=RARE, status="error", since=end - WINDOWS["24h"], until=end, limit=500
+        )
+        print(f"rare search over 24 h: {len(found.requests)} requests found (exhaustive)", flush=True)
+    return results
+
+
+def ingest(count: int, batch: int, rounds: int) -> list[tuple[float, float]]:
+    """Events/s with the projections applied and with them off, same events,
+    in alternating rounds (on then off, then off then on, ...), so that a
+    change in the machine's load weighs on both sides."""
+    events = list(traffic(count, start=datetime(2025, 1, 1, tzinfo=UTC), span=timedelta(hours=2), seed=7))
+    results = []
+    for round_ in range(rounds):
+        rates: dict[bool, float] = {}
+        for projections in (True, False) if round_ % 2 == 0 else (False, True):
+            folder = Path(tempfile.mkdtemp(prefix="eventtrail-ingest-"))
+            with SQLiteStore(folder / "events.db") as store:
+                if not projections:
+                    # Off: the same store with the read models' apply as a no-op.
+                    store.read_models.apply = lambda events: None  # type: ignore[method-assign]
+                began = time.perf_counter()
+                for start in range(0, len(events), batch):
+                    store.append(events[start : start + batch])
+                rates[projections] = len(events) / (time.perf_counter() - began)
+            shutil.rmtree(folder)
+        results.append((rates[True], rates[False]))
+        on, off = results[-1]
+        print(f"round {round_ + 1}: on {on:,.0f} events/s, off {off:,.0f} events/s, kept {on / off:.0%}")
+    return results
+
+
+def _load() -> str:
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000], help="reader file sizes")
+    parser.add_argument("--ingest", type=int, default=100_000, help="events to ingest, each way (0: skip)")
+    parser.add_argument(
+        "--batch", type=int, default=1000, help="events per append (the worker's default batch)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating ingest rounds")
+    parser.add_argument("--samples", type=int, default=15)
+    parser.add_argument("--rebuild", action="store_true", help="build the reader files again")
+    args = parser.parse_args()
+    print(f"load average at the start: {_load()} (1, 5, 15 min; 2 vCPU shared)", flush=True)
+
+    for count in args.events:
+        path, rebuild_note = reader_file(count, args.rebuild)
+        print(f"\n{count:,} events ({path.stat().st_size / 1e6:,.0f} MB), rebuild: {rebuild_note}")
+        print("| reader | window | median | vs 1 min | target |")
+        print("| --- | --- | ---: | ---: | --- |")
+        for name, window, seconds, ratio in readers(path, args.samples):
+            met = seconds < TARGET_SECONDS and ratio <= TARGET_RATIO
+            print(
+                f"| {name} | {window} | {seconds * 1000:.1f} ms | {ratio:.2f}x |"
+                f" {'met' if met or window == '1m' else 'MISSED'} |",
+                flush=True,
+            )
+    if args.ingest:
+        print(f"\ningest, {args.ingest:,} events in batches of {args.batch} (synchronous=FULL):")
+        results = ingest(args.ingest, args.batch, args.rounds)
+        on = statistics.median(on for on, _ in results)
+        off = statistics.median(off for _, off in results)
+        kept = statistics.median(on / off for on, off in results)
+        print(
+            f"median of {len(results)} rounds: projections on {on:,.0f} events/s; off {off:,.0f} events/s;"
+            f" kept {kept:.0%} (target >= 85%)"
+        )
+    print(f"\nrun at {format_moment(datetime.now(UTC))}, load average {_load()} (1, 5, 15 min)")
+
+
+if __name__ == "__main__":
+    main()

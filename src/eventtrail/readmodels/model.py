@@ -1,0 +1,460 @@
+"""The shapes of the read models and the pure functions that derive them from
+events: nothing here reads or writes a backend.
+
+Rollups are kept per time bucket at two steps, a minute and an hour, so that
+any window is covered by at most a few hundred buckets (minutes at its edges,
+hours in between) whatever its length. Each rollup row is keyed by step,
+bucket, caller (the event's source), service (``data.Name``) and operation
+(:func:`operation_name`), plus one row per (caller, service) over all
+operations (:data:`ALL_OPERATIONS`), which is what health and the service map
+read.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from eventtrail.calls import ERROR_KINDS
+from eventtrail.readmodels.sketch import LatencySketch
+from eventtrail.times import format_moment, moment_of
+
+__all__ = [
+    "ALL_OPERATIONS",
+    "FAILURE_KINDS",
+    "PROJECTION_VERSION",
+    "STEPS",
+    "UNKNOWN_OPERATION",
+    "CallKey",
+    "Changes",
+    "OpenCall",
+    "RequestQuery",
+    "RequestState",
+    "RequestStatus",
+    "RequestSummary",
+    "Rollup",
+    "RollupKey",
+    "SeriesPoint",
+    "bucket_start",
+    "cover",
+    "failure_kind",
+    "minute_ceiling",
+    "minute_floor",
+    "minute_range",
+    "operation_name",
+    "path_template",
+]
+
+#: The shape of every read model. A store whose read models carry another
+#: version refuses to read them until ``eventtrail rebuild`` has run.
+PROJECTION_VERSION = 1
+
+#: How a call can fail: a 5xx response, or one of the gateway's error kinds
+#: (``error`` is any other failure).
+FAILURE_KINDS: tuple[str, ...] = ("5xx", *ERROR_KINDS)
+
+#: The steps at which rollups are kept, in seconds, finest first.
+STEPS: dict[str, int] = {"1m": 60, "1h": 3600}
+
+#: The operation of the rollup rows that count every operation of a service.
+ALL_OPERATIONS = "*"
+
+#: The operation of a call whose request event was not (yet) seen.
+UNKNOWN_OPERATION = "(unknown)"
+
+RequestStatus = Literal["ok", "error", "pending"]
+
+
+# ---------------------------------------------------------------- operations
+
+_METHOD = re.compile(r"[A-Z]{1,16}")
+_UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.IGNORECASE)
+_HEX = re.compile(r"[0-9a-f]{16,}", re.IGNORECASE)
+#: Words with a short version number (``v1``, ``api2``, ``oauth2``) are names, not ids.
+_VERSIONED_WORD = re.compile(r"[A-Za-z][A-Za-z_-]{0,11}[0-9]{1,2}")
+_MAX_WORD = 40
+_MAX_SEGMENTS = 12
+ID_PLACEHOLDER = "{id}"
+
+
+def _is_id(segment: str) -> bool:
+    if len(segment) > _MAX_WORD or segment.isdigit():
+        return True
+    if _UUID.fullmatch(segment) or _HEX.fullmatch(segment):
+        return True
+    if not any(character.isdigit() for character in segment):
+        # Words (``orders``, ``by-name``) name resources; but a mail address
+        # or other punctuated value names one instance.
+        return "@" in segment or "%" in segment or "=" in segment
+    return not _VERSIONED_WORD.fullmatch(segment)
+
+
+def path_template(path: str) -> str:
+    """``path`` with its query dropped and every segment that looks like an id
+    (numbers, UUIDs, hex of 16 digits or more, anything mixing digits into a
+    word, over-long or punctuated segments) replaced by ``{id}``: one
+    template per route, so the number of operations stays bounded."""
+    # Routes repeat: short paths are remembered (long ones are rare and
+    # would make the cache hold megabytes).
+    return _cached_template(path) if len(path) <= _CACHED_PATH_LENGTH else _template(path)
+
+
+_CACHED_PATH_LENGTH = 512
+
+
+@functools.lru_cache(maxsize=8192)
+def _cached_template(path: str) -> str:
+    return _template(path)
+
+
+def _template(path: str) -> str:
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    segments = [segment for segment in path.split("/") if segment]
+    shown = [ID_PLACEHOLDER if _is_id(segment) else segment for segment in segments[:_MAX_SEGMENTS]]
+    if len(segments) > _MAX_SEGMENTS:
+        shown.append("...")
+    return "/" + "/".join(shown)
+
+
+def operation_name(method: object, path: object) -> str:
+    """``GET /orders/{id}``: the method and the path's template;
+    :data:`UNKNOWN_OPERATION` when either is missing or not text."""
+    if method.__class__ is not str or path.__class__ is not str:
+        if not isinstance(method, str) or not isinstance(path, str):
+            return UNKNOWN_OPERATION
+        method, path = str(method), str(path)
+    # Named once per call event on ingest: the same routes repeat (a method
+    # longer than any verb is never one, and is not kept).
+    if len(path) <= _CACHED_PATH_LENGTH and len(method) <= 16:
+        return _cached_operation(method, path)
+    return _operation(method, path)
+
+
+@functools.lru_cache(maxsize=8192)
+def _cached_operation(method: str, path: str) -> str:
+    return _operation(method, path)
+
+
+def _operation(method: str, path: str) -> str:
+    verb = method.upper()
+    if not _METHOD.fullmatch(verb):
+        verb = "OTHER"
+    return f"{verb} {path_template(path)}"
+
+
+def failure_kind(event_type_is_error: bool, status: object, error: object) -> str | None:
+    """The failure kind of a call's outcome (``None``: it succeeded)."""
+    if event_type_is_error:
+        return error if isinstance(error, str) and error in ERROR_KINDS else "error"
+    if status.__class__ is int and status >= 500:
+        return "5xx"
+    return None
+
+
+# ---------------------------------------------------------------- buckets
+
+
+def bucket_start(timestamp: str, step: str) -> str:
+    """The start of the ``step`` bucket holding ``timestamp`` (the store's
+    fixed-width form, which string slicing keeps)."""
+    if step == "1m":
+        return timestamp[:16] + ":00.000000Z"
+    if step == "1h":
+        return timestamp[:13] + ":00:00.000000Z"
+    raise ValueError(f"no rollups at step {step!r} (steps: {', '.join(STEPS)})")
+
+
+def _floor(moment: datetime, seconds: int) -> datetime:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    offset = (moment - epoch) // timedelta(seconds=seconds)
+    return epoch + offset * timedelta(seconds=seconds)
+
+
+def _ceil(moment: datetime, seconds: int) -> datetime:
+    floor = _floor(moment, seconds)
+    return floor if floor == moment else floor + timedelta(seconds=seconds)
+
+
+def minute_ceiling(moment: datetime) -> datetime:
+    """``moment`` rounded up to a whole minute (a :class:`ValueError` past
+    the last minute of year 9999)."""
+    try:
+        return _ceil(moment, 60)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is too close to the end of year 9999") from None
+
+
+def minute_floor(moment: datetime) -> datetime:
+    """``moment`` rounded down to a whole minute."""
+    return _floor(moment, 60)
+
+
+def minute_range(since: datetime, until: datetime) -> tuple[str, str]:
+    """The first and last minute buckets of ``[since, until)`` widened to
+    whole minutes (the first is after the last when the range is empty)."""
+    if until <= since:
+        return format_moment(since), format_moment(since - timedelta(microseconds=1))
+    start, last = _floor(since, 60), _floor(until - timedelta(microseconds=1), 60)
+    return format_moment(start), format_moment(last)
+
+
+def cover(since: datetime, until: datetime) -> list[tuple[str, str, str]]:
+    """The fewest stored buckets that cover ``[since, until)``, widened to
+    whole minutes: ``(step, first bucket, last bucket)`` ranges, minutes at
+    the edges and hours in between, so that the number of buckets read is
+    bounded whatever the window. Works up to the last minute of year 9999."""
+    if until <= since:
+        return []
+    start, last = _floor(since, 60), _floor(until - timedelta(microseconds=1), 60)
+    minutes_only = [("1m", format_moment(start), format_moment(last))]
+    hour_of_last = _floor(last, 3600)
+    try:
+        first_hour = start if start.minute == 0 else _floor(start, 3600) + timedelta(hours=1)
+        last_hour = hour_of_last if last.minute == 59 else hour_of_last - timedelta(hours=1)
+    except OverflowError:
+        return minutes_only
+    if first_hour > last_hour:
+        return minutes_only
+    ranges: list[tuple[str, str, str]] = []
+    if start < first_hour:
+        ranges.append(("1m", format_moment(start), format_moment(first_hour - timedelta(minutes=1))))
+    ranges.append(("1h", format_moment(first_hour), format_moment(last_hour)))
+    if last.minute != 59:
+        ranges.append(("1m", format_moment(hour_of_last), format_moment(last)))
+    return ranges
+
+
+# ---------------------------------------------------------------- rollups
+
+
+class RollupKey(NamedTuple):
+    step: str
+    bucket: str
+    """The bucket's start, in the store's fixed-width form."""
+    caller: str
+    service: str
+    operation: str
+    """An :func:`operation_name`, or :data:`ALL_OPERATIONS`."""
+
+
+class Rollup:
+    """Calls of one rollup row: how many, how many failed and how, and their
+    latencies. A delta may hold negative numbers (a call moved away)."""
+
+    __slots__ = ("calls", "failures", "sketch")
+
+    def __init__(
+        self, calls: int = 0, failures: Sequence[int] | None = None, sketch: LatencySketch | None = None
+    ) -> None:
+        self.calls = calls
+        self.failures: list[int] = list(failures) if failures is not None else [0] * len(FAILURE_KINDS)
+        self.sketch = sketch if sketch is not None else LatencySketch()
+
+    @property
+    def errors(self) -> int:
+        return sum(self.failures)
+
+    def count_call(self, failure: str | None, latency_ms: float | None, sign: int = 1) -> None:
+        self.calls += sign
+        if failure is not None:
+            self.failures[FAILURE_KINDS.index(failure)] += sign
+        if latency_ms is not None:
+            self.sketch.add(latency_ms, sign)
+
+    def merge(self, other: Rollup) -> None:
+        self.calls += other.calls
+        self.failures = [mine + theirs for mine, theirs in zip(self.failures, other.failures, strict=True)]
+        self.sketch.merge(other.sketch)
+
+    def failures_by_kind(self) -> dict[str, int]:
+        return dict(zip(FAILURE_KINDS, self.failures, strict=True))
+
+    def is_empty(self) -> bool:
+        return not self.calls and not any(self.failures) and not self.sketch
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Rollup)
+            and (self.calls, self.failures) == (other.calls, other.failures)
+            and self.sketch == other.sketch
+        )
+
+    def __hash__(self) -> int:
+        raise TypeError("a rollup is mutable")
+
+    def __repr__(self) -> str:
+        return f"Rollup(calls={self.calls}, failures={self.failures}, {self.sketch!r})"
+
+
+def merged(rollups: Iterable[Rollup]) -> Rollup:
+    total = Rollup()
+    for rollup in rollups:
+        total.merge(rollup)
+    return total
+
+
+class SeriesPoint(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One step of a series."""
+
+    t: str
+    calls: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+# ---------------------------------------------------------------- the call join
+
+
+class CallKey(NamedTuple):
+    request_id: str
+    call_id: str
+
+
+class OpenCall(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One half of a call whose other half was not seen yet.
+
+    ``outcome`` false: the request event was seen (``operation`` is its
+    operation). ``outcome`` true: the response or error was seen and counted
+    under :data:`UNKNOWN_OPERATION` (``caller``, ``service``, ``bucket``,
+    ``failure``, ``latency_ms`` say where and how, so that the request event
+    can move it to its operation).
+    """
+
+    timestamp: str
+    outcome: bool
+    operation: str = UNKNOWN_OPERATION
+    caller: str = ""
+    service: str = ""
+    failure: str | None = None
+    latency_ms: float | None = None
+
+
+# ---------------------------------------------------------------- requests
+
+
+class RequestSummary(msgspec.Struct, kw_only=True, rename="camel"):
+    """One row of the request list."""
+
+    request_id: str
+    started_at: str
+    ended_at: str
+    duration_ms: float
+    services: list[str]
+    """Services called, in the order of their first call."""
+    calls: int
+    errors: int
+    status: RequestStatus
+    """``error`` if any call failed, else ``pending`` if a call has not ended, else ``ok``."""
+
+
+def milliseconds_between(start: str, end: str) -> float:
+    if start[:11] == end[:11] and _TIME_OF_DAY.fullmatch(start, 11) and _TIME_OF_DAY.fullmatch(end, 11):
+        # Most requests start and end on one day: the fixed positions of the
+        # stored form give the time of day without building datetimes.
+        micros = _micros_of_day(end) - _micros_of_day(start)
+        return round(micros / 1_000_000 * 1000, 3)
+    delta = moment_of(end) - moment_of(start)
+    return round(delta.total_seconds() * 1000, 3)
+
+
+_TIME_OF_DAY = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z")
+
+
+def _micros_of_day(timestamp: str) -> int:
+    seconds = int(timestamp[11:13]) * 3600 + int(timestamp[14:16]) * 60 + int(timestamp[17:19])
+    return seconds * 1_000_000 + int(timestamp[20:26])
+
+
+class RequestState(msgspec.Struct, kw_only=True, array_like=True):
+    """What the projection keeps of a request to update its summary with
+    each new call event."""
+
+    request_id: str
+    started_at: str
+    ended_at: str
+    services: list[str]
+    calls: int = 0
+    ended: int = 0
+    errors: int = 0
+
+    @property
+    def status(self) -> RequestStatus:
+        if self.errors:
+            return "error"
+        return "pending" if self.ended < self.calls else "ok"
+
+    @property
+    def duration_ms(self) -> float:
+        return milliseconds_between(self.started_at, self.ended_at)
+
+    def summary(self) -> RequestSummary:
+        return RequestSummary(
+            request_id=self.request_id,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            duration_ms=self.duration_ms,
+            services=list(self.services),
+            calls=self.calls,
+            errors=self.errors,
+            status=self.status,
+        )
+
+
+class RequestQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Which requests to list: started in ``[since, until)`` (stored
+    timestamps, ``None`` for no bound), and optionally with a call to
+    ``service``, with ``status``, lasting at least ``min_duration_ms``."""
+
+    since: str | None = None
+    until: str | None = None
+    service: str | None = None
+    status: RequestStatus | None = None
+    min_duration_ms: float | None = None
+
+    def matches(self, summary: RequestSummary) -> bool:
+        return (
+            (self.since is None or summary.started_at >= self.since)
+            and (self.until is None or summary.started_at < self.until)
+            and (self.service is None or self.service in summary.services)
+            and (self.status is None or summary.status == self.status)
+            and (self.min_duration_ms is None or summary.duration_ms >= self.min_duration_ms)
+        )
+
+
+# ---------------------------------------------------------------- one write
+
+
+class Changes:
+    """What applying a batch of events changes, for a backend to write at once.
+
+    ``rollups``: deltas to add to rollup rows (created at zero when missing).
+    ``open_calls``: halves of calls to keep; ``closed_calls``: to forget.
+    ``requests``: request states to write whole, each with the state it
+    replaces in ``previous_requests`` (``None`` for a new request), so that a
+    backend can move index entries and check for concurrent writers.
+    """
+
+    __slots__ = ("closed_calls", "open_calls", "previous_requests", "requests", "rollups")
+
+    def __init__(self) -> None:
+        self.rollups: dict[RollupKey, Rollup] = {}
+        self.open_calls: dict[CallKey, OpenCall] = {}
+        self.closed_calls: set[CallKey] = set()
+        self.requests: dict[str, RequestState] = {}
+        self.previous_requests: dict[str, RequestState | None] = {}
+
+    def rollup(self, key: RollupKey) -> Rollup:
+        found = self.rollups.get(key)
+        if found is None:
+            found = self.rollups[key] = Rollup()
+        return found
+
+    def __bool__(self) -> bool:
+        return bool(self.rollups or self.open_calls or self.closed_calls or self.requests)

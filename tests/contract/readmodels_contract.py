@@ -1,0 +1,425 @@
+"""The read-model port's contract: every backend passes these tests unchanged,
+with no capability flags.
+
+A backend's test module subclasses :class:`ReadModelsContract` and provides
+the ``opener`` fixture: a picklable callable with no arguments that opens a
+store of that backend (whose ``append`` applies the read models, see
+:func:`eventtrail.readmodels.read_models_of`), always the same one. It is
+called in the test's process and, for the race between two consumers, in two
+child processes. Tests use fresh request ids and service names, and filter
+on them, so they also pass on a store that holds other events.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from eventtrail.calls import call_error, call_request, call_response
+from eventtrail.event import Event
+from eventtrail.ids import uuid7_str
+from eventtrail.readmodels import ReadModels, RequestQuery, read_models_of
+from eventtrail.readmodels.model import ALL_OPERATIONS, UNKNOWN_OPERATION, Rollup
+from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch
+from eventtrail.store import AppendStatus, InvalidCursor, Store
+from eventtrail.times import format_moment
+
+T0 = datetime(2021, 3, 4, 10, 0, 0, tzinfo=UTC)
+CALLER = "Gateway"
+
+Opener = Callable[[], Store]
+
+
+def unique_service(prefix: str = "svc") -> str:
+    return f"{prefix}-{uuid7_str()}"
+
+
+def a_call(
+    service: str,
+    at: datetime,
+    *,
+    latency_ms: float = 10.0,
+    status: int = 200,
+    error: str | None = None,
+    method: str = "GET",
+    path: str = "/orders/42",
+    request_id: str | None = None,
+    caller: str = CALLER,
+) -> tuple[Event, Event]:
+    """A call's request event at ``at`` and its outcome ``latency_ms`` later."""
+    request_id = request_id or uuid7_str()
+    call_id = uuid7_str()
+    request = call_request(
+        request_id, call_id, service, method, path, source=caller, timestamp=format_moment(at)
+    )
+    ended = format_moment(at + timedelta(milliseconds=latency_ms))
+    if error is not None:
+        outcome = call_error(
+            request_id, call_id, service, error=error, elapsed_ms=latency_ms, source=caller, timestamp=ended
+        )
+    else:
+        outcome = call_response(
+            request_id,
+            call_id,
+            service,
+            status=status,
+            latency_ms=latency_ms,
+            bytes_in=0,
+            bytes_out=0,
+            source=caller,
+            timestamp=ended,
+        )
+    return request, outcome
+
+
+def flat(calls: list[tuple[Event, Event]]) -> list[Event]:
+    return [event for call in calls for event in call]
+
+
+def totals(models: ReadModels, service: str, since: datetime, until: datetime) -> Rollup:
+    found = models.rollups(since, until, service=service)
+    return found.get((CALLER, service, ALL_OPERATIONS), Rollup())
+
+
+def by_operation(models: ReadModels, service: str, since: datetime, until: datetime) -> dict[str, int]:
+    found = models.rollups(since, until, service=service, operations=True)
+    return {operation: rollup.calls for (_, _, operation), rollup in found.items() if rollup.calls}
+
+
+def snapshot(models: ReadModels, service: str, since: datetime, until: datetime) -> dict[str, Any]:
+    """Everything the read models say of ``service``: per minute, per operation
+    and whole, and its requests."""
+    minutes = {
+        (key.bucket, key.operation): (rollup.calls, rollup.failures, rollup.sketch.to_bytes())
+        for key, rollup in models.buckets(since, until, service=service, operations=True)
+        if rollup.calls
+    }
+    minutes |= {
+        (key.bucket, key.operation): (rollup.calls, rollup.failures, rollup.sketch.to_bytes())
+        for key, rollup in models.buckets(since, until, service=service)
+        if rollup.calls
+    }
+    whole = {
+        edge: (rollup.calls, rollup.failures, rollup.sketch.to_bytes())
+        for edge, rollup in models.rollups(since, until, service=service, operations=True).items()
+        if rollup.calls
+    }
+    requests = msgspec.to_builtins(all_requests(models, RequestQuery(service=service)))
+    return {"minutes": minutes, "whole": whole, "requests": requests}
+
+
+def all_requests(models: ReadModels, query: RequestQuery, *, limit: int = 7) -> list[Any]:
+    found: list[Any] = []
+    cursor: str | None = None
+    for _ in range(10_000):
+        page = models.requests(query, limit=limit, cursor=cursor)
+        found += page.requests
+        if page.cursor is None:
+            return found
+        cursor = page.cursor
+    raise AssertionError("the request pages never ended")
+
+
+def _append_in_child(opener: Opener, events_json: bytes, chunk: int) -> None:
+    events = msgspec.json.decode(events_json, type=list[Event])
+    store = opener()
+    try:
+        for start in range(0, len(events), chunk):
+            pending = events[start : start + chunk]
+            for _ in range(200):
+                results = store.append(pending)
+                if all(result.ok for result in results):
+                    break
+                pending = [e for e, r in zip(pending, results, strict=True) if not r.ok]
+    finally:
+        store.close()
+
+
+class ReadModelsContract:
+    @pytest.fixture
+    def opener(self) -> Opener:
+        raise NotImplementedError("a backend's test class provides the opener fixture")
+
+    @pytest.fixture
+    def store(self, opener: Opener) -> Iterator[Store]:
+        store = opener()
+        yield store
+        store.close()
+
+    @staticmethod
+    def models(store: Store) -> ReadModels:
+        return read_models_of(store)
+
+    # ---------------------------------------------------------------- rollups
+
+    def test_calls_failures_and_latencies_are_counted_per_service(self, store: Store) -> None:
+        service = unique_service()
+        calls = [a_call(service, T0 + timedelta(seconds=i), latency_ms=10.0 + i) for i in range(20)]
+        calls += [a_call(service, T0 + timedelta(seconds=30), status=503, latency_ms=40)]
+        calls += [a_call(service, T0 + timedelta(seconds=31), error="timeout", latency_ms=1000)]
+        calls += [a_call(service, T0 + timedelta(seconds=32), error="refused", latency_ms=1)]
+        calls += [a_call(service, T0 + timedelta(seconds=33), error="weird", latency_ms=2)]
+        assert all(result.ok for result in store.append(flat(calls)))
+        rollup = totals(self.models(store), service, T0, T0 + timedelta(minutes=1))
+        assert rollup.calls == 24
+        assert rollup.failures_by_kind() == {"5xx": 1, "timeout": 1, "refused": 1, "reset": 0, "error": 1}
+        latencies = sorted([10.0 + i for i in range(20)] + [40, 1000, 1, 2])
+        exact_p50 = latencies[11]
+        assert rollup.sketch.quantile(0.5) == pytest.approx(exact_p50, rel=RELATIVE_ACCURACY)
+        assert rollup.sketch.quantile(1.0) == pytest.approx(1000, rel=RELATIVE_ACCURACY)
+
+    def test_a_redelivered_or_resent_event_never_counts_twice(self, store: Store) -> None:
+        service = unique_service()
+        calls = [a_call(service, T0 + timedelta(seconds=i), status=500 if i % 3 else 200) for i in range(30)]
+        events = flat(calls)
+        store.append(events)
+        models = self.models(store)
+        before = snapshot(models, service, T0, T0 + timedelta(hours=1))
+        # The whole batch again, then halves, then single events, shuffled.
+        assert {r.status for r in store.append(events)} == {AppendStatus.DUPLICATE}
+        store.append(events[::2])
+        shuffled = events[:]
+        random.Random(7).shuffle(shuffled)
+        for event in shuffled[:10]:
+            store.append([event])
+        assert snapshot(models, service, T0, T0 + timedelta(hours=1)) == before
+        assert totals(models, service, T0, T0 + timedelta(hours=1)).calls == 30
+        assert totals(models, service, T0, T0 + timedelta(hours=1)).failures_by_kind()["5xx"] == 20
+
+    def test_a_batch_mixing_new_and_redelivered_events_counts_only_the_new(self, store: Store) -> None:
+        service = unique_service()
+        old = flat([a_call(service, T0 + timedelta(seconds=i)) for i in range(5)])
+        store.append(old)
+        new = flat([a_call(service, T0 + timedelta(seconds=10 + i), status=502) for i in range(3)])
+        results = store.append(old[:4] + new + old[4:])
+        assert [r.status for r in results].count(AppendStatus.STORED) == len(new)
+        rollup = totals(self.models(store), service, T0, T0 + timedelta(minutes=1))
+        assert (rollup.calls, rollup.errors) == (8, 3)
+
+    def test_a_late_event_lands_in_its_own_bucket(self, store: Store) -> None:
+        service = unique_service()
+        store.append(flat([a_call(service, T0 + timedelta(minutes=30, seconds=i)) for i in range(4)]))
+        late = a_call(service, T0 + timedelta(minutes=2, seconds=5), status=500)
+        store.append(list(late))
+        models = self.models(store)
+        minutes = {
+            key.bucket: rollup.calls
+            for key, rollup in models.buckets(T0, T0 + timedelta(hours=1), service=service)
+            if rollup.calls
+        }
+        assert minutes == {
+            format_moment(T0 + timedelta(minutes=2)): 1,
+            format_moment(T0 + timedelta(minutes=30)): 4,
+        }
+        assert totals(models, service, T0 + timedelta(minutes=2), T0 + timedelta(minutes=3)).errors == 1
+
+    def test_an_outcome_before_its_request_is_counted_once_under_its_operation(self, store: Store) -> None:
+        service = unique_service()
+        request, outcome = a_call(service, T0, path="/orders/42", status=500)
+        store.append([outcome])
+        models = self.models(store)
+        window = (T0, T0 + timedelta(minutes=5))
+        assert totals(models, service, *window).calls == 1
+        assert by_operation(models, service, *window) == {UNKNOWN_OPERATION: 1}
+        store.append([request])
+        assert totals(models, service, *window).calls == 1
+        assert totals(models, service, *window).errors == 1
+        assert by_operation(models, service, *window) == {"GET /orders/{id}": 1}
+        [summary] = models.requests(RequestQuery(service=service)).requests
+        assert (summary.calls, summary.errors, summary.status) == (1, 1, "error")
+
+    def test_ids_in_paths_collapse_into_one_operation(self, store: Store) -> None:
+        service = unique_service()
+        paths = [
+            "/orders/42",
+            "/orders/43",
+            "/orders/8f14e45f-ceea-467f-a0e6-1f5d4b1f3c2a",
+            "/orders/7/items",
+        ]
+        store.append(flat([a_call(service, T0 + timedelta(seconds=i), path=p) for i, p in enumerate(paths)]))
+        store.append(list(a_call(service, T0, method="POST", path="/orders")))
+        assert by_operation(self.models(store), service, T0, T0 + timedelta(minutes=1)) == {
+            "GET /orders/{id}": 3,
+            "GET /orders/{id}/items": 1,
+            "POST /orders": 1,
+        }
+
+    def test_any_window_adds_up_from_minute_and_hour_buckets(self, store: Store) -> None:
+        service = unique_service()
+        rng = random.Random(3)
+        moments = [T0 + timedelta(seconds=rng.randrange(0, 5 * 3600)) for _ in range(200)]
+        calls = [a_call(service, moment, latency_ms=rng.uniform(1, 500)) for moment in moments]
+        store.append(flat(calls))
+        models = self.models(store)
+        for since, until in [
+            (T0, T0 + timedelta(hours=5)),
+            (T0 + timedelta(minutes=17), T0 + timedelta(hours=3, minutes=41)),
+            (T0 + timedelta(minutes=59), T0 + timedelta(hours=1, minutes=1)),
+        ]:
+            # A call counts at its outcome's time, with the latency it reports.
+            ended = [
+                outcome.data["latencyMs"]
+                for _, outcome in calls
+                if format_moment(since) <= outcome.timestamp < format_moment(until)
+            ]
+            rollup = totals(models, service, since, until)
+            assert rollup.calls == len(ended)
+            assert rollup.sketch == LatencySketch.of(ended)
+
+    # ---------------------------------------------------------------- requests
+
+    def test_request_summaries_follow_their_calls(self, store: Store) -> None:
+        service, other = unique_service(), unique_service()
+        request_id = uuid7_str()
+        first = a_call(service, T0, request_id=request_id, latency_ms=100)
+        second_request, second_outcome = a_call(
+            other, T0 + timedelta(milliseconds=200), request_id=request_id, latency_ms=300
+        )
+        store.append([*first, second_request])
+        models = self.models(store)
+        [pending] = models.requests(RequestQuery(service=other)).requests
+        assert (pending.status, pending.calls, pending.services) == ("pending", 2, [service, other])
+        store.append([second_outcome])
+        [summary] = models.requests(RequestQuery(service=service)).requests
+        assert summary.request_id == request_id
+        assert summary.started_at == format_moment(T0)
+        assert summary.ended_at == format_moment(T0 + timedelta(milliseconds=500))
+        assert summary.duration_ms == 500
+        assert (summary.status, summary.calls, summary.errors) == ("ok", 2, 0)
+
+    def test_request_search_is_exhaustive_and_cursor_paged_however_rare_the_match(self, store: Store) -> None:
+        common, rare = unique_service("common"), unique_service("rare")
+        events: list[Event] = []
+        wanted: list[str] = []
+        for i in range(300):
+            at = T0 + timedelta(seconds=i * 7)
+            request_id = uuid7_str()
+            events += a_call(common, at, request_id=request_id)
+            if i % 97 == 5:
+                events += a_call(rare, at + timedelta(milliseconds=20), request_id=request_id, status=503)
+                wanted.append(request_id)
+            elif i % 50 == 0:
+                events += a_call(rare, at + timedelta(milliseconds=1), request_id=request_id, latency_ms=5)
+        store.append(events)
+        models = self.models(store)
+        found = all_requests(models, RequestQuery(service=rare, status="error"), limit=1)
+        assert [summary.request_id for summary in found] == wanted[::-1]
+        slow = all_requests(models, RequestQuery(service=common, min_duration_ms=25))
+        assert {summary.request_id for summary in slow} == set(wanted)
+        ranged = all_requests(
+            models,
+            RequestQuery(
+                service=common,
+                since=format_moment(T0 + timedelta(seconds=700)),
+                until=format_moment(T0 + timedelta(seconds=1400)),
+            ),
+        )
+        assert len(ranged) == 100
+        assert [s.started_at for s in ranged] == sorted((s.started_at for s in ranged), reverse=True)
+
+    def test_a_cursor_of_another_search_is_refused(self, store: Store) -> None:
+        service = unique_service()
+        store.append(flat([a_call(service, T0 + timedelta(seconds=i)) for i in range(3)]))
+        models = self.models(store)
+        page = models.requests(RequestQuery(service=service), limit=1)
+        assert page.cursor is not None
+        with pytest.raises(InvalidCursor):
+            models.requests(RequestQuery(service=service, status="ok"), limit=1, cursor=page.cursor)
+        with pytest.raises(InvalidCursor):
+            models.requests(RequestQuery(service=service), limit=1, cursor="not-a-cursor")
+
+    # ---------------------------------------------------------------- replay
+
+    def test_rebuild_equals_incremental(self, store: Store) -> None:
+        service = unique_service()
+        rng = random.Random(11)
+        calls = []
+        for i in range(120):
+            at = T0 + timedelta(seconds=rng.randrange(0, 3 * 3600))
+            kind = rng.random()
+            if kind < 0.1:
+                calls.append(a_call(service, at, error=rng.choice(["timeout", "reset"]), latency_ms=900))
+            else:
+                calls.append(
+                    a_call(
+                        service,
+                        at,
+                        status=rng.choice([200, 200, 200, 503]),
+                        latency_ms=rng.uniform(1, 300),
+                        path=f"/items/{i}" if i % 2 else "/health",
+                    )
+                )
+        # In time order but shuffled within windows of a few minutes:
+        # outcomes before their requests, late events, batches across buckets.
+        events = sorted(flat(calls), key=lambda event: event.timestamp)
+        for start in range(0, len(events), 30):
+            nearby = events[start : start + 30]
+            rng.shuffle(nearby)
+            events[start : start + 30] = nearby
+        for start in range(0, len(events), 37):
+            store.append(events[start : start + 37])
+        models = self.models(store)
+        window = (T0 - timedelta(hours=1), T0 + timedelta(hours=5))
+        incremental = snapshot(models, service, *window)
+        assert sum(calls for (_, op), (calls, _, _) in incremental["minutes"].items() if op == "*") == 120
+        replayed = models.rebuild()
+        assert replayed >= len(events)
+        assert snapshot(models, service, *window) == incremental
+        models.rebuild(since=T0 + timedelta(hours=1, minutes=20))
+        assert snapshot(models, service, *window) == incremental
+
+    def test_progress_is_reported_during_a_rebuild(self, store: Store) -> None:
+        service = unique_service()
+        store.append(flat([a_call(service, T0 + timedelta(seconds=i)) for i in range(10)]))
+        seen: list[tuple[int, int | None]] = []
+        replayed = self.models(store).rebuild(progress=lambda done, total: seen.append((done, total)))
+        assert seen[0][0] == 0
+        assert seen[-1][0] == replayed >= 20
+
+    # ---------------------------------------------------------------- races
+
+    def test_two_consumers_racing_on_one_bucket_lose_nothing(self, opener: Opener) -> None:
+        service = unique_service()
+        calls = [
+            a_call(service, T0 + timedelta(milliseconds=i * 50), status=500 if i % 4 == 0 else 200)
+            for i in range(400)
+        ]
+        events = flat(calls)
+        # Both consumers get every event (at-least-once), in different orders
+        # and batch sizes: every event must count once.
+        reordered = events[:]
+        random.Random(5).shuffle(reordered)
+        context = multiprocessing.get_context("spawn")
+        children = [
+            context.Process(target=_append_in_child, args=(opener, msgspec.json.encode(batch), size))
+            for batch, size in ((events, 25), (reordered, 40))
+        ]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(120)
+            assert child.exitcode == 0
+        with _opened(opener) as store:
+            models = self.models(store)
+            rollup = totals(models, service, T0, T0 + timedelta(minutes=5))
+            assert (rollup.calls, rollup.errors) == (400, 100)
+            assert sum(by_operation(models, service, T0, T0 + timedelta(minutes=5)).values()) == 400
+            found = all_requests(models, RequestQuery(service=service), limit=500)
+            assert len(found) == 400
+            assert {summary.status for summary in found} == {"ok", "error"}
+
+
+@contextmanager
+def _opened(opener: Opener) -> Iterator[Store]:
+    store = opener()
+    try:
+        yield store
+    finally:
+        store.close()

@@ -1,0 +1,72 @@
+"""Series over the rollups: steps, alignment, and the points of each step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from eventtrail.embedded.store import SQLiteStore
+from eventtrail.readmodels import read_models_of
+from eventtrail.readmodels.series import BadSeries, default_step, series
+from eventtrail.times import format_moment
+from tests.contract.readmodels_contract import T0, a_call, flat, unique_service
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    with SQLiteStore(tmp_path / "events.db") as store:
+        yield store
+
+
+def test_default_steps_give_at_most_sixty_points_in_minutes_then_hours() -> None:
+    assert default_step(timedelta(minutes=15)) == timedelta(minutes=1)
+    assert default_step(timedelta(hours=2)) == timedelta(minutes=2)
+    assert default_step(timedelta(hours=6)) == timedelta(minutes=10)
+    assert default_step(timedelta(hours=24)) == timedelta(hours=1)
+    assert default_step(timedelta(days=7)) == timedelta(hours=3)
+    for hours in range(1, 24 * 7):
+        window = timedelta(hours=hours)
+        assert window / default_step(window) <= 60
+
+
+def test_points_count_each_step_minute_or_hour(store: SQLiteStore) -> None:
+    service = unique_service()
+    # 3 calls a minute for 3 hours, one failure in each hour's first minute.
+    calls = []
+    for minute in range(180):
+        for second in (0, 20, 40):
+            status = 500 if minute % 60 == 0 and second == 0 else 200
+            calls.append(a_call(service, T0 + timedelta(minutes=minute, seconds=second), status=status))
+    store.append(flat(calls))
+    models = read_models_of(store)
+    until = T0 + timedelta(hours=3)
+    by_minute = series(models, timedelta(minutes=30), timedelta(minutes=5), until=until, service=service)
+    [entry] = by_minute.series
+    assert by_minute.step == "5m" and len(entry.points) == 6
+    assert entry.points[0].t == format_moment(until - timedelta(minutes=30))
+    assert [p.calls for p in entry.points] == [15] * 6
+    hourly = series(models, timedelta(hours=3), timedelta(hours=1), until=until - timedelta(minutes=1))
+    [entry] = [s for s in hourly.series if s.service == service]
+    assert hourly.step == "1h" and hourly.until == format_moment(until)
+    assert [(p.calls, p.errors) for p in entry.points] == [(180, 1)] * 3
+    assert all(p.p50_ms == pytest.approx(10.0, rel=0.01) for p in entry.points)
+
+
+@pytest.mark.parametrize(
+    ("window", "step", "parameter"),
+    [
+        (timedelta(hours=1), timedelta(seconds=30), "step"),
+        (timedelta(hours=1), timedelta(seconds=90), "step"),
+        (timedelta(minutes=5), timedelta(minutes=10), "window"),
+        (timedelta(days=2), timedelta(minutes=1), "step"),
+    ],
+)
+def test_unfit_windows_and_steps_name_their_parameter(
+    store: SQLiteStore, window: timedelta, step: timedelta, parameter: str
+) -> None:
+    with pytest.raises(BadSeries) as raised:
+        series(read_models_of(store), window, step, until=T0)
+    assert raised.value.parameter == parameter

@@ -1,0 +1,108 @@
+"""The latency sketch against exact percentiles (hypothesis): within 1%."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch, SketchSum
+
+latencies = st.lists(
+    st.floats(min_value=1e-3, max_value=1e7, allow_nan=False, allow_infinity=False), min_size=1, max_size=400
+)
+quantiles = st.sampled_from([0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0])
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q * len(ordered)), 1) - 1]
+
+
+@given(latencies, quantiles)
+def test_a_quantile_is_within_one_percent_of_the_exact_one(values: list[float], q: float) -> None:
+    estimate = LatencySketch.of(values).quantile(q)
+    exact = nearest_rank(values, q)
+    assert estimate is not None
+    assert abs(estimate - exact) <= RELATIVE_ACCURACY * exact * (1 + 1e-9)
+
+
+@given(st.lists(latencies, min_size=1, max_size=8), quantiles)
+def test_merged_sketches_answer_as_the_sketch_of_every_value(parts: list[list[float]], q: float) -> None:
+    merged = LatencySketch()
+    for part in parts:
+        merged.merge(LatencySketch.of(part))
+    everything = [value for part in parts for value in part]
+    assert merged == LatencySketch.of(everything)
+    estimate = merged.quantile(q)
+    assert estimate is not None
+    assert estimate == pytest.approx(nearest_rank(everything, q), rel=RELATIVE_ACCURACY)
+
+
+@given(latencies)
+def test_the_compact_form_reads_back_the_same_sketch(values: list[float]) -> None:
+    sketch = LatencySketch.of([*values, 0.0])
+    raw = sketch.to_bytes()
+    assert LatencySketch.from_bytes(raw) == sketch
+    # A few bytes per bucket.
+    assert len(raw) <= 24 + 14 * len(sketch.counts)
+    merged = LatencySketch.from_bytes(LatencySketch.merge_bytes(raw, LatencySketch.of(values[:3]).to_bytes()))
+    expected = LatencySketch.of([*values, 0.0, *values[:3]])
+    assert merged == expected
+
+
+@given(latencies, latencies)
+def test_a_negative_delta_takes_values_away(kept: list[float], moved: list[float]) -> None:
+    sketch = LatencySketch.of(kept + moved)
+    sketch.merge(LatencySketch.of(moved).negated())
+    assert sketch.counts == LatencySketch.of(kept).counts
+    assert sketch.count == len(kept)
+
+
+@settings(max_examples=50)
+@given(st.binary(max_size=64))
+def test_any_bytes_are_a_sketch_or_a_value_error(raw: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        LatencySketch.from_bytes(raw)
+
+
+def test_equal_latencies_read_back_exactly_and_zero_is_zero() -> None:
+    assert LatencySketch.of([900.0] * 50).quantiles(0.5, 0.95) == [900.0, 900.0]
+    assert LatencySketch.of([0.0, 0.0, 5.0]).quantile(0.5) == 0.0
+    assert LatencySketch().quantile(0.5) is None
+    with pytest.raises(ValueError, match="finite"):
+        LatencySketch().add(math.inf)
+    with pytest.raises(ValueError, match="finite"):
+        LatencySketch().add(-1.0)
+
+
+@given(latencies, st.lists(quantiles, min_size=1, max_size=5))
+def test_several_quantiles_at_once_answer_as_one_at_a_time(values: list[float], qs: list[float]) -> None:
+    sketch = LatencySketch.of(values)
+    assert sketch.quantiles(*qs) == [sketch.quantile(q) for q in qs]
+    assert LatencySketch().quantiles(*qs) == [None] * len(qs)
+
+
+@given(st.lists(st.lists(latencies, min_size=1, max_size=3), min_size=1, max_size=6))
+def test_a_sum_of_stored_forms_is_the_merged_sketch(parts: list[list[list[float]]]) -> None:
+    """What a reader over a long window computes from stored rows without a
+    sketch per row equals merging the sketches, bounds included (a row may
+    hold a delta that took values away)."""
+    total = SketchSum()
+    expected = LatencySketch()
+    for kept, *moved in parts:
+        row = LatencySketch.of(kept + [value for values in moved for value in values])
+        for values in moved:
+            for value in values:
+                row.add(value, -1)
+        total.add(row.to_bytes())
+        expected.merge(row)
+    assert total.sketch() == expected
+
+
+def test_a_sum_refuses_what_is_not_a_stored_sketch() -> None:
+    with pytest.raises(ValueError, match="not a latency sketch"):
+        SketchSum().add(b"\xc1")

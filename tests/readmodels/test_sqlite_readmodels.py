@@ -1,0 +1,235 @@
+"""What the SQLite adapter adds to the contract: tables in the store's file,
+written in the store's transaction; the projection version; the query plans;
+``eventtrail rebuild``."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventtrail.embedded.store import SQLiteStore
+from eventtrail.event import Event
+from eventtrail.readmodels import PROJECTION_VERSION, ReadModelsOutdated, RequestQuery, read_models_of
+from eventtrail.readmodels.port import ReadModels
+from eventtrail.store import StoreError
+from tests.cli import run
+from tests.contract.readmodels_contract import T0, a_call, flat, totals, unique_service
+
+HOUR = (T0, T0 + timedelta(hours=1))
+
+
+def _forget_read_models(path: Path, *, version: int | None = None) -> None:
+    """What an older eventtrail leaves: events, and read models of another
+    version (or none)."""
+    db = sqlite3.connect(path)
+    with db:
+        for table in ("rm_service_rollups", "rm_operation_rollups", "rm_requests", "rm_meta"):
+            db.execute(f"DELETE FROM {table}")
+        if version is not None:
+            db.execute("INSERT INTO rm_meta (name, value) VALUES ('version', ?)", (version,))
+    db.close()
+
+
+def test_the_read_models_live_in_the_store_file_at_the_current_version(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteStore(path):
+        pass
+    db = sqlite3.connect(path)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"events", "rm_service_rollups", "rm_operation_rollups", "rm_open_calls", "rm_requests"} <= tables
+    assert db.execute("SELECT value FROM rm_meta WHERE name = 'version'").fetchone() == (PROJECTION_VERSION,)
+
+
+def test_a_failed_read_model_write_stores_no_event(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    service = unique_service()
+    with SQLiteStore(path) as store:
+        # Another connection makes the rollups refuse writes: the events of
+        # that append must not be stored without their projection.
+        other = sqlite3.connect(path)
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON rm_service_rollups BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        other.commit()
+        with pytest.raises(StoreError, match="no"):
+            store.append(list(a_call(service, T0)))
+        assert store.count() == 0
+        other.execute("DROP TRIGGER refuse")
+        other.commit()
+        other.close()
+        events = list(a_call(service, T0))
+        store.append(events)
+        assert store.count() == 2
+        assert totals(read_models_of(store), service, *HOUR).calls == 1
+
+
+def test_read_models_of_another_version_refuse_to_answer_until_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    service = unique_service()
+    with SQLiteStore(path) as store:
+        store.append(flat([a_call(service, T0 + timedelta(seconds=i), status=500) for i in range(5)]))
+    _forget_read_models(path, version=PROJECTION_VERSION - 1)
+    with SQLiteStore(path) as store:
+        models = read_models_of(store)
+        with pytest.raises(ReadModelsOutdated, match=r"are version 0.*run `eventtrail rebuild`"):
+            models.rollups(*HOUR)
+        # Events still go in (not into stale shapes); a rebuild counts them all.
+        store.append(list(a_call(service, T0 + timedelta(seconds=30))))
+        with pytest.raises(ReadModelsOutdated):
+            models.rebuild(since=T0)
+        assert models.rebuild() == 12
+        rollup = totals(models, service, *HOUR)
+        assert (rollup.calls, rollup.errors) == (6, 5)
+    _forget_read_models(path)
+    with (
+        SQLiteStore(path, read_only=True) as store,
+        pytest.raises(ReadModelsOutdated, match="were never built"),
+    ):
+        read_models_of(store).requests(RequestQuery())
+
+
+def test_a_reader_of_a_missing_or_new_file_sees_empty_read_models(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "nothing.db", read_only=True) as store:
+        models = read_models_of(store)
+        assert models.rollups(*HOUR) == {}
+        assert models.requests(RequestQuery()).requests == []
+
+
+def test_the_readers_use_their_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteStore(path):
+        pass
+    db = sqlite3.connect(path)
+    plans = {
+        "rollups": "SELECT * FROM rm_service_rollups WHERE step = '1m' AND bucket >= 'a' AND bucket <= 'b'",
+        "by service": "SELECT * FROM rm_request_services AS s JOIN rm_requests AS r"
+        " ON r.request_id = s.request_id WHERE s.service = 'x' AND s.started_at < 'z'"
+        " ORDER BY s.started_at DESC, s.request_id DESC LIMIT 5",
+        "by status": "SELECT * FROM rm_requests AS r WHERE r.status = 'error' AND r.started_at >= 'a'"
+        " ORDER BY r.started_at DESC, r.request_id DESC LIMIT 5",
+        "all": "SELECT * FROM rm_requests AS r WHERE (r.started_at, r.request_id) < ('b', 'x')"
+        " ORDER BY r.started_at DESC, r.request_id DESC LIMIT 5",
+        "expiry": "DELETE FROM rm_open_calls WHERE ts < 'x'",
+    }
+    for name, sql in plans.items():
+        plan = " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "USING" in plan and "TEMP B-TREE" not in plan, (name, plan)
+        assert not any(f"SCAN {table}" == step.strip() for step in plan.split("|") for table in ("r", "s")), (
+            name,
+            plan,
+        )
+
+
+@pytest.mark.slow
+def test_rebuild_command(tmp_path: Path) -> None:
+    service = unique_service()
+    with SQLiteStore(tmp_path / "events.db") as store:
+        store.append(flat([a_call(service, T0 + timedelta(minutes=i), status=503) for i in range(90)]))
+    _forget_read_models(tmp_path / "events.db", version=PROJECTION_VERSION + 1)
+    outdated = run(tmp_path, "health", "--until", (T0 + timedelta(hours=2)).isoformat())
+    assert outdated.returncode == 1
+    assert "run `eventtrail rebuild`" in outdated.stderr and "Traceback" not in outdated.stderr
+    refused = run(tmp_path, "rebuild", "--since", T0.isoformat())
+    assert refused.returncode == 2 and "run a full rebuild" in refused.stderr
+    done = run(tmp_path, "rebuild")
+    assert done.returncode == 0, done.stderr
+    assert "180 events replayed" in done.stderr
+    partial = run(tmp_path, "rebuild", "--since", (T0 + timedelta(minutes=75)).isoformat())
+    assert partial.returncode == 0, partial.stderr
+    assert "from 2021-03-04T11:00 UTC on" in partial.stderr
+    with SQLiteStore(tmp_path / "events.db", read_only=True) as store:
+        rollup = totals(read_models_of(store), service, T0, T0 + timedelta(hours=2))
+        assert (rollup.calls, rollup.errors) == (90, 90)
+    bad = run(tmp_path, "rebuild", "--since", "soon")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --since") and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00.000000Z", "9999-12-31T23:59:59.000000Z"])
+def test_events_at_the_ends_of_time_are_counted(tmp_path: Path, moment: str) -> None:
+    service = unique_service()
+    request, outcome = a_call(service, T0)
+    request = msgspec.structs.replace(request, timestamp=moment)
+    outcome = msgspec.structs.replace(outcome, timestamp=moment)
+    with SQLiteStore(tmp_path / "events.db") as store:
+        assert all(result.ok for result in store.append([outcome, request]))
+        models = read_models_of(store)
+        [summary] = models.requests(RequestQuery(service=service)).requests
+        assert summary.started_at == moment and summary.status == "ok"
+        at = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        minute = at.replace(second=0, microsecond=0)
+        rollup = totals(models, service, minute, at + timedelta(microseconds=1))
+        assert rollup.calls == 1
+
+
+@pytest.fixture(scope="module")
+def three_hours(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteStore]:
+    """Calls of two services and two callers from 10:00 to about 12:40, at
+    uneven minutes, with failures and spread latencies, in shuffled batches."""
+    rng = random.Random(12)
+    events: list[Event] = []
+    for index in range(900):
+        at = T0 + timedelta(seconds=rng.uniform(0, 160 * 60))
+        service = rng.choice(["Orders", "Stock"])
+        call = a_call(
+            service,
+            at,
+            path=f"/orders/{index}" if index % 3 else "/stock",
+            latency_ms=rng.lognormvariate(3, 1.2),
+            status=rng.choice([200, 200, 200, 503]),
+            caller=rng.choice(["Gateway", "Batch"]),
+        )
+        events += call
+    rng.shuffle(events)
+    store = SQLiteStore(tmp_path_factory.mktemp("three-hours") / "events.db")
+    for start in range(0, len(events), 128):
+        store.append(events[start : start + 128])
+    yield store
+    store.close()
+
+
+minutes = st.integers(min_value=-30, max_value=4 * 60)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    start=minutes,
+    length=st.integers(min_value=1, max_value=4 * 60),
+    service=st.sampled_from([None, "Orders", "Stock"]),
+    operations=st.booleans(),
+)
+def test_a_window_reads_the_same_totals_as_the_port_from_fewer_rows(
+    three_hours: SQLiteStore, start: int, length: int, service: str | None, operations: bool
+) -> None:
+    """Reading an edge hour from its hour row when no minute of it lies
+    outside the window changes no count, failure or sketch (bounds included)."""
+    since = T0 + timedelta(minutes=start, seconds=start % 7)
+    until = since + timedelta(minutes=length, seconds=length % 11)
+    models = read_models_of(three_hours)
+    expected = ReadModels.rollups(models, since, until, service=service, operations=operations)
+    found = models.rollups(since, until, service=service, operations=operations)
+    assert {edge: rollup for edge, rollup in expected.items() if not rollup.is_empty()} == found
+
+
+def test_a_window_that_ends_now_reads_its_last_hour_as_one_row(three_hours: SQLiteStore) -> None:
+    models = read_models_of(three_hours)
+    since, until = T0 + timedelta(minutes=80), T0 + timedelta(minutes=170)
+    statements: list[str] = []
+    three_hours._db.set_trace_callback(statements.append)
+    try:
+        found = models.rollups(since, until)
+    finally:
+        three_hours._db.set_trace_callback(None)
+    reads = [sql for sql in statements if sql.startswith("SELECT caller")]
+    last_hour = "2021-03-04T12:00:00.000000Z"
+    assert any(f"step = '1h' AND bucket >= '{last_hour}'" in sql for sql in reads), reads
+    assert not any(f"step = '1m' AND bucket >= '{last_hour[:14]}" in sql for sql in reads), reads
+    assert sum(rollup.calls for rollup in found.values()) > 100
+    assert found == ReadModels.rollups(models, since, until)
