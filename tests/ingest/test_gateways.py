@@ -189,6 +189,25 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+_SPAWNED: list[subprocess.Popen[str]] = []
+
+
+def reaped(process: subprocess.Popen[str]) -> subprocess.Popen[str]:
+    """``process``, killed at the end of the test if it is still running."""
+    _SPAWNED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    yield
+    while _SPAWNED:
+        process = _SPAWNED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
 def ready(process: subprocess.Popen[str]) -> None:
     """Wait for a follower's first line (it reads from there on)."""
     assert process.stderr is not None
@@ -223,7 +242,7 @@ def test_nginx_log_ingested_once_twice_and_followed(tmp_path: Path) -> None:
         assert sum(len(calls) for calls in stored(data_dir).values()) == 24
 
         # Followed from the end, across a rename rotation, a restart and a copytruncate.
-        follower = spawn(data_dir, "ingest", "nginx", "--follow", "--from-end", str(log))
+        follower = reaped(spawn(data_dir, "ingest", "nginx", "--follow", "--from-end", str(log)))
         ready(follower)
         traffic.send(port, MIXED)
         wait_until(lambda: queued(data_dir) == 24)
@@ -237,7 +256,7 @@ def test_nginx_log_ingested_once_twice_and_followed(tmp_path: Path) -> None:
         assert follower.wait(20) == 0, follower.stderr.read() if follower.stderr else ""
 
         traffic.send(port, ["/a/ok"] * 4)  # while nobody follows
-        follower = spawn(data_dir, "ingest", "nginx", "--follow", str(log))
+        follower = reaped(spawn(data_dir, "ingest", "nginx", "--follow", str(log)))
         ready(follower)
         wait_until(lambda: queued(data_dir) == 34 + 8)
         (tmp_path / "access.log.2").write_bytes(log.read_bytes())
@@ -319,7 +338,7 @@ def test_haproxy_log_from_a_file_and_from_a_syslog_socket(tmp_path: Path) -> Non
 
         # A syslog socket: HAProxy's own syslog header before each line.
         socket_path = tmp_path / "haproxy.sock"
-        listener = spawn(data_dir, "ingest", "haproxy", "--syslog", str(socket_path))
+        listener = reaped(spawn(data_dir, "ingest", "haproxy", "--syslog", str(socket_path)))
         ready(listener)
         with haproxy(tmp_path, upstream_port, str(socket_path)) as port:
             traffic.send(port, ["/a/ok", "/a/fail", "/dead/x"])
