@@ -51,7 +51,13 @@ class Proxy:
         self.target = target
         self.url = url
         self.calls: Counter[str] = Counter()
+        #: Calls by table and operation (the event table and the read models' apart).
+        self.table_calls: Counter[tuple[str, str]] = Counter()
         self.fault: Fault | None = None
+
+    def calls_on(self, table: str) -> dict[str, int]:
+        """The operations counted on ``table``."""
+        return {operation: count for (name, operation), count in self.table_calls.items() if name == table}
 
 
 @contextmanager
@@ -67,8 +73,11 @@ def proxy(target: str) -> Iterator[Proxy]:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             operation = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
             state.calls[operation] += 1
+            request = json.loads(body or b"{}")
+            if isinstance(request, dict) and isinstance(request.get("TableName"), str):
+                state.table_calls[(request["TableName"], operation)] += 1
             extra: dict[str, Any] = {}
-            decision = state.fault(operation, json.loads(body or b"{}")) if state.fault else None
+            decision = state.fault(operation, request) if state.fault else None
             if decision == CUT:
                 self.close_connection = True
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

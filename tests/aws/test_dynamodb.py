@@ -156,13 +156,13 @@ def test_each_event_is_one_conditional_put_and_a_redelivery_one_more(
         store = DynamoDBStore(Aws("proxy", front.url).dynamodb(), moto_store.table_name)
         events = [make_event() for _ in range(30)]
         assert store.index_shards == 4
-        front.calls.clear()
+        front.table_calls.clear()
         assert [r.status for r in store.append(events)] == [AppendStatus.STORED] * 30
-        assert dict(front.calls) == {"PutItem": 30}
-        front.calls.clear()
+        assert front.calls_on(store.table_name) == {"PutItem": 30}
+        front.table_calls.clear()
         # moto, like DynamoDB, returns the stored item with the refusal: no read.
         assert [r.status for r in store.append(events[:5])] == [AppendStatus.DUPLICATE] * 5
-        assert dict(front.calls) == {"PutItem": 5}
+        assert front.calls_on(store.table_name) == {"PutItem": 5}
         store.close()
 
 
@@ -172,7 +172,7 @@ def test_an_endpoint_that_returns_no_item_with_the_refusal_is_read_consistently(
     reads: list[dict[str, Any]] = []
 
     def record_reads(operation: str, request: dict[str, Any]) -> Any:
-        if operation == "GetItem":
+        if operation == "GetItem" and request.get("TableName") == dynalite_store.table_name:
             reads.append(request)
         return None
 
