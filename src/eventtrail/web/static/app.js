@@ -348,7 +348,13 @@ function chart(title, points, value, format, faultySince, stepMs) {
         "g",
         { "data-testid": "faulty-marker", "data-since": faultySince, class: "faulty-marker" },
         svg("line", { x1: at, y1: pad.top, x2: at, y2: height - pad.bottom }),
-        svg("text", { x: at, y: height - 4, "text-anchor": "middle", text: `faulty since ${clock(faultySince).slice(11, 16)}` }),
+        // Anchored so that the label stays inside the chart near either edge.
+        svg("text", {
+          x: at,
+          y: height - 4,
+          "text-anchor": at > width - 60 ? "end" : at < pad.left + 60 ? "start" : "middle",
+          text: `faulty since ${clock(faultySince).slice(11, 16)}`,
+        }),
       ),
     );
   }
