@@ -4,6 +4,7 @@ times people type, output helpers and the one-line errors."""
 from __future__ import annotations
 
 import math
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ __all__ = [
     "DataDir",
     "MaxReceives",
     "UsageError",
+    "bind_port",
     "console",
     "duration_option",
     "err_console",
@@ -155,3 +157,14 @@ def write_json(data: bytes) -> None:
     character escaped, so that piping it to a terminal is as safe as a table."""
     sys.stdout.buffer.write(escape_controls_in_json(data) + b"\n")
     sys.stdout.flush()
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` before a server starts, so that a taken
+    port is one error line with nothing started and nothing announced."""
+    from eventtrail.web.server import PortUnavailable, bind
+
+    try:
+        return bind(host, port)
+    except PortUnavailable as error:
+        raise UsageError(f"{error} (--port 0 picks a free one)") from None

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from eventtrail.cli.common import Backend, ConfigFile, DataDir, UsageError, err_console, settings_from
+from eventtrail.cli.common import (
+    Backend,
+    ConfigFile,
+    DataDir,
+    UsageError,
+    bind_port,
+    err_console,
+    settings_from,
+)
 from eventtrail.cli.render import plural, shown
 from eventtrail.config import Settings, open_queue, open_store
 from eventtrail.queue import QueueError
@@ -66,7 +74,7 @@ def _serve(
 ) -> list[PublisherCounts]:
     """Serve until Ctrl-C or SIGTERM (in-flight requests end, the events are
     flushed); return each publisher's final counts. ``settings`` ``None``:
-    recording off; ``listening``: a socket from :func:`_bind`."""
+    recording off; ``listening``: a socket bound already."""
     from eventtrail.gateway.serve import serve_gateway
     from eventtrail.web import PortUnavailable
 
@@ -93,17 +101,6 @@ def _serve(
             announce=announce,
             listening=listening,
         )
-    except PortUnavailable as error:
-        raise UsageError(f"{error} (--port 0 picks a free one)") from None
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """The gateway's socket, bound before anything else starts: a taken port
-    is one error line, with nothing started and nothing printed before it."""
-    from eventtrail.web import PortUnavailable, bind
-
-    try:
-        return bind(host, port)
     except PortUnavailable as error:
         raise UsageError(f"{error} (--port 0 picks a free one)") from None
 
@@ -258,7 +255,8 @@ def up(
     """
     routes = _load(config)
     settings = settings_from("local", data_dir, config_file)
-    listening = _bind(host, port)
+    # Before the worker starts: a taken port is one line, with nothing started.
+    listening = bind_port(host, port)
     # The worker opens the files too: create them once, here, before it
     # starts. A file that cannot be opened now (locked by another process)
     # is not fatal: the gateway spills and the worker is restarted until

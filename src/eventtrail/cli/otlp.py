@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from eventtrail.cli.common import Backend, ConfigFile, DataDir, UsageError, err_console, settings_from
+from eventtrail.cli.common import (
+    Backend,
+    ConfigFile,
+    DataDir,
+    UsageError,
+    bind_port,
+    err_console,
+    settings_from,
+)
 from eventtrail.cli.render import plural
 from eventtrail.config import open_queue
 
@@ -47,7 +55,7 @@ def otlp(
     """
     try:
         from eventtrail.ingest.otlp import Export, build_otlp_app
-        from eventtrail.web import PortUnavailable, bind, check_binding, serve
+        from eventtrail.web import check_binding, serve
         from eventtrail.web.app import TokenCheck
     except ImportError as error:
         raise UsageError(
@@ -59,10 +67,7 @@ def otlp(
     except ValueError as error:
         raise UsageError(str(error)) from None
     settings = settings_from(backend, data_dir, config_file)
-    try:
-        listening = bind(host, port)
-    except PortUnavailable as error:
-        raise UsageError(f"{error} (--port 0 picks a free one)") from None
+    listening = bind_port(host, port)
     totals = Export()
     lock = threading.Lock()
 

@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from eventtrail.cli.common import Backend, ConfigFile, DataDir, UsageError, err_console, settings_from
+from eventtrail.cli.common import (
+    Backend,
+    ConfigFile,
+    DataDir,
+    UsageError,
+    bind_port,
+    err_console,
+    settings_from,
+)
 from eventtrail.config import open_queue, open_store
 
 __all__ = ["serve"]
@@ -42,7 +50,7 @@ def serve(
 ) -> None:
     """Serve the JSON API (described at /openapi.json) and the web UI until Ctrl-C."""
     try:
-        from eventtrail.web import PortUnavailable, bind, build_app, check_binding
+        from eventtrail.web import build_app, check_binding
         from eventtrail.web import serve as run
         from eventtrail.web.server import trusted_hosts
     except ImportError as error:
@@ -53,10 +61,7 @@ def serve(
     except ValueError as error:
         raise UsageError(str(error)) from None
     settings = settings_from(backend, data_dir, config_file)
-    try:
-        listening = bind(host, port)
-    except PortUnavailable as error:
-        raise UsageError(f"{error} (--port 0 picks a free one)") from None
+    listening = bind_port(host, port)
     with listening, open_store(settings) as store, open_queue(settings) as queue:
         shown = f"[{host}]" if ":" in host else host
         bound = listening.getsockname()[1]
