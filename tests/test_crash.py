@@ -53,6 +53,8 @@ def read_rows(path: Path, sql: str, parameters: tuple[object, ...] = ()) -> list
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode in (sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_BUSY):
                 raise FrozenMoment(str(error)) from error
+            if str(error).startswith("no such table"):
+                return []  # the file is made before the worker's first write creates the table
             raise
         finally:
             db.close()

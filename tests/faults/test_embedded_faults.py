@@ -54,6 +54,8 @@ def stored_ids(data_dir: Path) -> set[str]:
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_PROTOCOL):
                 raise Unreadable(str(error)) from error
+            if str(error).startswith("no such table"):
+                return set()  # the file is made before the worker's first write creates the table
             raise
         finally:
             db.close()
