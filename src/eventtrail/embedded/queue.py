@@ -37,9 +37,9 @@ from eventtrail.embedded.sqlite import (
     Failure,
     classify,
     connect,
-    connect_read_only,
     describe,
     has_tables,
+    open_read_only,
     write_transaction,
 )
 from eventtrail.queue import (
@@ -168,13 +168,7 @@ class SQLiteQueue(Queue):
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
-            found = connect_read_only(self.path, busy_timeout_ms=self.busy_timeout_ms)
-            if found is not None:
-                return found
-            # Nothing there yet: answer as an empty queue, without creating a file.
-            empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            empty.executescript(_SCHEMA)
-            return empty
+            return open_read_only(self.path, _SCHEMA, busy_timeout_ms=self.busy_timeout_ms)
         # Receives and acknowledgements need no fsync of their own: losing one
         # to a power cut only delivers a message again, which the store
         # absorbs. Sends are made durable before they return (see send).

@@ -274,3 +274,15 @@ def write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connec
 def is_busy(error: sqlite3.OperationalError) -> bool:
     """The database was locked by another connection past the busy timeout."""
     return error.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def open_read_only(path: Path, schema: str, *, busy_timeout_ms: int) -> sqlite3.Connection:
+    """``path`` opened read-only; when there is no file yet, an empty database
+    of ``schema`` in memory, so that a reader answers "nothing" without
+    creating a file."""
+    found = connect_read_only(path, busy_timeout_ms=busy_timeout_ms)
+    if found is not None:
+        return found
+    empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    empty.executescript(schema)
+    return empty

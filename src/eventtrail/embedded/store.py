@@ -31,9 +31,9 @@ from eventtrail.embedded.sqlite import (
     Failure,
     classify,
     connect,
-    connect_read_only,
     describe,
     has_tables,
+    open_read_only,
     write_transaction,
 )
 from eventtrail.event import Event
@@ -156,12 +156,7 @@ class SQLiteStore(Store):
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
-            found = connect_read_only(self.path, busy_timeout_ms=self.busy_timeout_ms)
-            if found is not None:
-                return found
-            empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            empty.executescript(_SCHEMA)
-            return empty
+            return open_read_only(self.path, _SCHEMA, busy_timeout_ms=self.busy_timeout_ms)
         db = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
         try:
             # Creating tables takes the write lock: skip it when they exist.
