@@ -62,14 +62,6 @@ def read_rows(path: Path, sql: str, parameters: tuple[object, ...] = ()) -> list
     return Backoff(attempts=10, base=0.001, cap=0.05).run(attempt, retry_on=(FrozenMoment,))
 
 
-def holds_open(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` has ``path`` open."""
-    try:
-        return any(Path(link).resolve() == path.resolve() for link in Path(f"/proc/{pid}/fd").iterdir())
-    except FileNotFoundError:
-        return False
-
-
 def stored_ids(data_dir: Path) -> list[str]:
     return [row[0] for row in read_rows(data_dir / "events.db", "SELECT id FROM events")]
 
@@ -127,28 +119,31 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice(tmp_pa
 
 
 def test_two_workers_on_one_queue_lose_nothing(tmp_path: Path) -> None:
-    ids = fill_queue(tmp_path, 10_000)
+    SQLiteQueue(tmp_path / "queue.db").close()
     SQLiteStore(tmp_path / "events.db").close()
-    queue_file = tmp_path / "queue.db"
-    # Hold the queue's write lock until both workers have opened it, so that
-    # one that starts slowly does not find the queue drained by the other.
-    # They wait in SQLite's busy handler (a long busy timeout), not in backoff.
-    holder = sqlite3.connect(queue_file, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    patient = {"EVENTTRAIL_BUSY_TIMEOUT": "120"}
-    workers = [spawn(tmp_path, "worker", "--drain", "--batch-size", "100", env=patient) for _ in range(2)]
+    workers = [spawn(tmp_path, "worker", "--batch-size", "100") for _ in range(2)]
+    ids: set[str] = set()
     try:
-        deadline = time.monotonic() + 60
-        while not all(holds_open(w.pid, queue_file) for w in workers):
-            assert time.monotonic() < deadline, "the workers did not open the queue"
+        for w in workers:
+            assert w.stderr is not None
+            # Both poll the empty queue before anything arrives, so neither
+            # can find the work done by the other before it started.
+            while "consuming" not in (line := w.stderr.readline()):
+                assert line, f"a worker exited before consuming: {w.wait()}"
+        # Messages arrive in small sends, as from a gateway, for as long as
+        # both workers are busy: each receive races the other's.
+        for _ in range(50):
+            ids |= fill_queue(tmp_path, 200)
+            time.sleep(0.02)
+        deadline = time.monotonic() + 120
+        while len(stored_ids(tmp_path)) < len(ids):
+            assert time.monotonic() < deadline, "the workers did not store everything"
             assert all(w.poll() is None for w in workers)
             time.sleep(0.05)
-        time.sleep(0.5)  # both are now in their first receive
-        holder.execute("ROLLBACK")
-        holder.close()
-        outputs = [w.communicate(timeout=120) for w in workers]
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        outputs = [w.communicate(timeout=60) for w in workers]
     finally:
-        holder.close()
         for w in workers:
             w.kill()
             w.wait()
@@ -158,6 +153,8 @@ def test_two_workers_on_one_queue_lose_nothing(tmp_path: Path) -> None:
     assert sum(received) == len(ids)
     stored = stored_ids(tmp_path)
     assert len(stored) == len(ids) and set(stored) == ids
+    with SQLiteQueue(tmp_path / "queue.db") as queue:
+        assert queue.stats().pending == 0
 
 
 def test_sigterm_finishes_the_batch_and_exits_cleanly(tmp_path: Path) -> None:
