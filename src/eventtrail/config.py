@@ -193,8 +193,13 @@ def open_queue(settings: Settings, *, read_only: bool = False) -> Queue:
     )
 
 
-def open_store(settings: Settings, *, read_only: bool = False) -> Store:
-    """The store of the configured backend (``read_only`` as for :func:`open_queue`)."""
+def open_store(settings: Settings, *, read_only: bool = False, project: bool = True) -> Store:
+    """The store of the configured backend (``read_only`` as for :func:`open_queue`).
+
+    ``project=False``: the embedded store leaves its read models to a
+    follower (see :class:`~eventtrail.embedded.follower.FollowerProcess`)
+    instead of folding each batch before ``append`` returns; DynamoDB folds
+    as it stores either way."""
     if settings.backend == "aws":
         from eventtrail.aws.backend import open_dynamodb_store
 
@@ -203,5 +208,8 @@ def open_store(settings: Settings, *, read_only: bool = False) -> Store:
 
     _check_data_folder(settings, read_only=read_only)
     return SQLiteStore(
-        settings.store_path, read_only=read_only, busy_timeout_ms=round(settings.busy_timeout * 1000)
+        settings.store_path,
+        read_only=read_only,
+        project=project,
+        busy_timeout_ms=round(settings.busy_timeout * 1000),
     )

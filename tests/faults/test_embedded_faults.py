@@ -92,8 +92,9 @@ def test_the_worker_waits_out_a_held_queue_lock_and_readers_still_answer(tmp_pat
     try:
         wait_until(lambda: stored_ids(data) == sent, 60, "the first events to be stored")
         # Work for the worker, then the lock: an idle poll only reads, so the
-        # lock matters to a worker with something to take or to acknowledge.
-        second, more = events_file(tmp_path, 500, "second.ndjson")
+        # lock matters to a worker with something to take or to acknowledge
+        # (enough that the lock is taken before the worker is through it).
+        second, more = events_file(tmp_path, 5000, "second.ndjson")
         sent |= more
         assert run(data, "send", str(second), env=SHORT_BUSY).returncode == 0
         with LockHolder(data / "queue.db"):

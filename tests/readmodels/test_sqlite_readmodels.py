@@ -1,5 +1,5 @@
-"""What the SQLite adapter adds to the contract: tables in the store's file,
-written in the store's transaction; the projection version; the query plans;
+"""What the SQLite adapter adds to the contract: tables in a file beside the
+store's, kept by position; the projection version; the query plans;
 ``eventtrail rebuild``."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import Event
 from eventtrail.readmodels import PROJECTION_VERSION, ReadModelsOutdated, RequestQuery, read_models_of
 from eventtrail.readmodels.port import ReadModels
+from eventtrail.readmodels.sqlite import read_models_path
 from eventtrail.store import StoreError
 from tests.cli import run
 from tests.contract.readmodels_contract import T0, a_call, flat, totals, unique_service
@@ -29,7 +30,7 @@ HOUR = (T0, T0 + timedelta(hours=1))
 def _forget_read_models(path: Path, *, version: int | None = None) -> None:
     """What an older eventtrail leaves: events, and read models of another
     version (or none)."""
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(read_models_path(path))
     with db:
         for table in ("rm_service_rollups", "rm_operation_rollups", "rm_requests", "rm_meta"):
             db.execute(f"DELETE FROM {table}")
@@ -38,37 +39,64 @@ def _forget_read_models(path: Path, *, version: int | None = None) -> None:
     db.close()
 
 
-def test_the_read_models_live_in_the_store_file_at_the_current_version(tmp_path: Path) -> None:
+def test_the_read_models_live_beside_the_store_file_at_the_current_version(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     with SQLiteStore(path):
         pass
-    db = sqlite3.connect(path)
+    assert read_models_path(path) == tmp_path / "events.read-models.db"
+    store_db = sqlite3.connect(path)
+    store_tables = {name for (name,) in store_db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert store_tables == {"events", "store_meta"}
+    db = sqlite3.connect(read_models_path(path))
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"events", "rm_service_rollups", "rm_operation_rollups", "rm_open_calls", "rm_requests"} <= tables
+    assert {"rm_service_rollups", "rm_operation_rollups", "rm_open_calls", "rm_requests"} <= tables
     assert db.execute("SELECT value FROM rm_meta WHERE name = 'version'").fetchone() == (PROJECTION_VERSION,)
 
 
-def test_a_failed_read_model_write_stores_no_event(tmp_path: Path) -> None:
+def test_read_models_left_in_the_store_file_by_an_earlier_version_are_dropped(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     service = unique_service()
     with SQLiteStore(path) as store:
-        # Another connection makes the rollups refuse writes: the events of
-        # that append must not be stored without their projection.
-        other = sqlite3.connect(path)
+        store.append(list(a_call(service, T0)))
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE rm_meta (name TEXT NOT NULL PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("CREATE TABLE rm_requests (request_id TEXT)")
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as store:
+        assert store.count() == 2
+        assert totals(read_models_of(store), service, *HOUR).calls == 1
+    db = sqlite3.connect(path)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"events", "store_meta"}
+
+
+def test_a_failed_read_model_write_loses_no_event_and_counts_it_once_later(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    service = unique_service()
+    events = list(a_call(service, T0))
+    with SQLiteStore(path) as store:
+        # Another connection makes the rollups refuse writes: the events are
+        # stored all the same, past the read models' position.
+        other = sqlite3.connect(read_models_path(path))
         other.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON rm_service_rollups BEGIN SELECT RAISE(ABORT, 'no'); END"
         )
         other.commit()
         with pytest.raises(StoreError, match="no"):
-            store.append(list(a_call(service, T0)))
-        assert store.count() == 0
+            store.append(events)
+        assert store.count() == 2
+        models = read_models_of(store)
+        assert models.lag() == 2
+        assert totals(models, service, *HOUR).calls == 0
         other.execute("DROP TRIGGER refuse")
         other.commit()
         other.close()
-        events = list(a_call(service, T0))
+        # The consumer's retry of the batch: duplicates, and the catch-up.
         store.append(events)
         assert store.count() == 2
-        assert totals(read_models_of(store), service, *HOUR).calls == 1
+        assert models.lag() == 0
+        assert totals(models, service, *HOUR).calls == 1
 
 
 def test_read_models_of_another_version_refuse_to_answer_until_rebuilt(tmp_path: Path) -> None:
@@ -107,7 +135,7 @@ def test_the_readers_use_their_indexes(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     with SQLiteStore(path):
         pass
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(read_models_path(path))
     plans = {
         "rollups": "SELECT * FROM rm_service_rollups WHERE step = '1m' AND bucket >= 'a' AND bucket <= 'b'",
         "by service": "SELECT * FROM rm_request_services AS s JOIN rm_requests AS r"
@@ -222,11 +250,11 @@ def test_a_window_that_ends_now_reads_its_last_hour_as_one_row(three_hours: SQLi
     models = read_models_of(three_hours)
     since, until = T0 + timedelta(minutes=80), T0 + timedelta(minutes=170)
     statements: list[str] = []
-    three_hours._db.set_trace_callback(statements.append)
+    three_hours.read_models._db.set_trace_callback(statements.append)
     try:
         found = models.rollups(since, until)
     finally:
-        three_hours._db.set_trace_callback(None)
+        three_hours.read_models._db.set_trace_callback(None)
     reads = [sql for sql in statements if sql.startswith("SELECT caller")]
     last_hour = "2021-03-04T12:00:00.000000Z"
     assert any(f"step = '1h' AND bucket >= '{last_hour}'" in sql for sql in reads), reads

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Annotated
@@ -25,6 +27,7 @@ from eventtrail.cli.common import (
 )
 from eventtrail.cli.render import plural
 from eventtrail.config import open_queue, open_store
+from eventtrail.embedded.follower import FollowerProcess
 from eventtrail.store import StoreError
 from eventtrail.times import moment_before, parse_duration
 from eventtrail.worker import Worker, open_patiently
@@ -43,6 +46,16 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+
+
+@contextmanager
+def _stopped_at_exit(follower: FollowerProcess | None) -> Iterator[None]:
+    """Stop ``follower`` when the worker stops, after it folded what was stored."""
+    try:
+        yield
+    finally:
+        if follower is not None and not follower.stop():
+            err_console.print("the read models are behind the store: the next worker's follower catches up")
 
 
 def worker(
@@ -96,13 +109,23 @@ def worker(
     stop = threading.Event()
     _stop_on_signals(stop)
     queue = open_patiently(lambda: open_queue(settings), stop)
-    store = open_patiently(lambda: open_store(settings), stop) if queue is not None else None
+    # The embedded store's read models are folded by a follower process, so
+    # that storing a batch never waits for them.
+    follows = settings.backend == "local"
+    store = None
+    if queue is not None:
+        store = open_patiently(lambda: open_store(settings, project=not follows), stop)
     if queue is None or store is None:
         if queue is not None:
             queue.close()
         err_console.print("stopped before the queue and the store could be opened")
         return
-    with queue, store:
+    follower = (
+        FollowerProcess(settings.store_path, busy_timeout_ms=round(settings.busy_timeout * 1000)).start()
+        if follows
+        else None
+    )
+    with queue, store, _stopped_at_exit(follower):
         run = Worker.configured(queue, store, settings)
         logging.getLogger("eventtrail.worker").info(
             "consuming %s (%s backend)%s",

@@ -37,7 +37,7 @@ from eventtrail.embedded.sqlite import (
     write_transaction,
 )
 from eventtrail.event import Event
-from eventtrail.readmodels.sqlite import SQLiteReadModels
+from eventtrail.readmodels.sqlite import SQLiteReadModels, read_models_path
 from eventtrail.store import (
     DUPLICATE,
     STORED,
@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS events (
     source     TEXT NOT NULL,
     data       TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_meta (
+    name  TEXT NOT NULL PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO store_meta (name, value)
+    VALUES ('next_rowid', (SELECT coalesce(max(rowid), 0) + 1 FROM events));
 CREATE INDEX IF NOT EXISTS events_by_request_time ON events (request_id, ts, id);
 CREATE INDEX IF NOT EXISTS events_by_type_time ON events (type, ts, id);
 CREATE INDEX IF NOT EXISTS events_by_source_time ON events (source, ts, id);
@@ -79,10 +85,24 @@ DROP INDEX IF EXISTS events_by_source;
 _INDEXES = {"events_by_request_time", "events_by_type_time", "events_by_source_time"}
 
 _COLUMNS = "id, request_id, ts, type, source, data"
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO events (rowid, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _CHUNK = 500
+# The counter, or past the newest row when something else wrote rows.
+_NEXT_ROWID = (
+    "SELECT max((SELECT value FROM store_meta WHERE name = 'next_rowid'),"
+    " (SELECT coalesce(max(rowid), 0) + 1 FROM events))"
+)
 _PURGE_BATCH = 10_000
-_TABLES = {"events"}
+_TABLES = {"events", "store_meta"}
+# Where the read models lived before they had a file of their own.
+_FORMER_READ_MODEL_TABLES = (
+    "rm_service_rollups",
+    "rm_operation_rollups",
+    "rm_open_calls",
+    "rm_requests",
+    "rm_request_services",
+    "rm_meta",
+)
 
 _encode = msgspec.json.Encoder().encode
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
@@ -100,6 +120,16 @@ def _row(event: Event) -> Row:
         event.source,
         _encode(event.data).decode(),
     )
+
+
+def _numbered(first: int, rows: Sequence[Row]) -> list[tuple[int | str, ...]]:
+    """``rows`` with their rowids, from ``first`` on.
+
+    The store numbers its rows itself (SQLite would reuse the rowid of a
+    purged newest row): the read models follow the log by rowid, and a rowid
+    given twice would be passed over.
+    """
+    return [(first + index, *row) for index, row in enumerate(rows)]
 
 
 def _event(row: Row) -> Event:
@@ -137,22 +167,44 @@ def _same_event(stored: Row, new: Row) -> bool:
 
 
 class SQLiteStore(Store):
-    """The store port on one SQLite file (created on first use).
+    """The store port on one SQLite file (created on first use), with its
+    read models in a file beside it (:mod:`eventtrail.readmodels.sqlite`).
 
     ``read_only`` opens an existing file without ever writing to it or
     creating it (a missing or zero-byte file reads as an empty store).
+
+    ``project``: whether :meth:`append` brings the read models up to date
+    before it returns (each call reads what the one before stored). A
+    consumer that runs a follower of its own (:mod:`eventtrail.readmodels.follower`)
+    turns it off, so that storing never waits for the projections.
     """
 
     def __init__(
-        self, path: Path | str, *, read_only: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+        self,
+        path: Path | str,
+        *,
+        read_only: bool = False,
+        project: bool = True,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
     ) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self.project = project and not read_only
         self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
         with self._errors("cannot open the store"):
             self._db = self._open()
-            self.read_models = SQLiteReadModels(self._db, self._lock, self._errors, read_only=read_only)
+        try:
+            self.read_models = SQLiteReadModels(
+                read_models_path(self.path),
+                self.path,
+                self._errors,
+                read_only=read_only,
+                busy_timeout_ms=busy_timeout_ms,
+            )
+        except BaseException:
+            self._db.close()
+            raise
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
@@ -163,18 +215,25 @@ class SQLiteStore(Store):
             # A file made before the current indexes gets them now, once.
             if not has_tables(db, _TABLES, _INDEXES):
                 db.executescript(_SCHEMA)
+            if has_tables(db, {"rm_meta"}):
+                # Read models of an earlier version, inside the store's file:
+                # they live beside it now (and are rebuilt there).
+                with write_transaction(db):
+                    for table in _FORMER_READ_MODEL_TABLES:
+                        db.execute(f"DROP TABLE IF EXISTS {table}")
         except BaseException:
             db.close()
             raise
         return db
 
     @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        """Turn SQLite and file system errors into store errors naming the cause."""
+    def _errors(self, doing: str, path: Path | None = None) -> Iterator[None]:
+        """Turn SQLite and file system errors into store errors naming the
+        cause and the file (``path``, else the store's)."""
         try:
             yield
         except (sqlite3.Error, OSError) as error:
-            text = f"{doing}: {describe(error, self.path)}"
+            text = f"{doing}: {describe(error, path or self.path)}"
             failure = classify(error)
             if failure is Failure.TRANSIENT:
                 raise TransientStoreError(text) from error
@@ -185,27 +244,36 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._lock, self._errors("cannot close the store"):
             self._db.close()
+        self.read_models.close()
 
     def append(self, events: Sequence[Event]) -> list[AppendResult]:
         rows = [_row(event) for event in events]
         with self._errors("cannot write to the store"), self._lock, write_transaction(self._db) as db:
             # Redeliveries are rare: insert optimistically, and compare with
             # what is stored only when the unique id says some are not new.
+            (first,) = db.execute(_NEXT_ROWID).fetchone()
             db.execute("SAVEPOINT optimistic")
             try:
-                db.executemany(_INSERT, rows)
+                db.executemany(_INSERT, _numbered(first, rows))
             except sqlite3.IntegrityError:
                 db.execute("ROLLBACK TO optimistic")
-                results = self._append_checked(db, rows)
+                results, new_rows = self._append_checked(db, rows)
+                db.executemany(_INSERT, _numbered(first, new_rows))
+                stored = len(new_rows)
             else:
                 results = [STORED] * len(rows)
-            # The read models count newly stored events only, in this transaction.
-            stored = zip(events, results, strict=True)
-            self.read_models.apply([event for event, result in stored if result is STORED])
+                stored = len(rows)
+            db.execute("UPDATE store_meta SET value = ? WHERE name = 'next_rowid'", (first + stored,))
             db.execute("RELEASE optimistic")
+        if self.project:
+            # The events are stored whatever happens here: a failure leaves
+            # them past the position, for the next catch-up to fold.
+            self.read_models.catch_up()
         return results
 
-    def _append_checked(self, db: sqlite3.Connection, rows: list[Row]) -> list[AppendResult]:
+    def _append_checked(
+        self, db: sqlite3.Connection, rows: list[Row]
+    ) -> tuple[list[AppendResult], list[Row]]:
         stored = self._existing(db, (row[0] for row in rows))
         results: list[AppendResult] = []
         new_rows: list[Row] = []
@@ -225,8 +293,7 @@ class SQLiteStore(Store):
                         f" (request {previous[1]}, {previous[3]} at {previous[2]})",
                     )
                 )
-        db.executemany(_INSERT, new_rows)
-        return results
+        return results, new_rows
 
     @staticmethod
     def _existing(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Row]:

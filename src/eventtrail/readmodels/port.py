@@ -8,10 +8,13 @@ the readers (rollups over any window, series, request search with cursors)
 and the replay. A backend implements a few small primitives (the methods
 whose names start with ``_``), each documented with what it must guarantee.
 
-Exactly once: :meth:`ReadModels.apply` is given only the events the store
-reports as newly ``STORED``, and its changes must be made atomically with
-storing them (on SQLite, in the same transaction), so a redelivered event,
-which the store reports as a ``DUPLICATE``, is never counted again.
+Exactly once, in one of two ways. A backend that folds events as it stores
+them (DynamoDB) calls :meth:`ReadModels.apply` with only the events the store
+reports as newly ``STORED``, so a redelivered event, which the store reports
+as a ``DUPLICATE``, is never counted again. A backend that follows its log
+(SQLite) folds the events stored after a position and moves the position in
+the same transaction as their changes (:meth:`ReadModels.catch_up`), so each
+stored event is folded by exactly one committed transaction.
 
 The call join: a call's operation is in its ``MICROSERVICE_REQUEST`` event,
 its outcome and latency in its ``MICROSERVICE_RESPONSE`` or
@@ -327,6 +330,16 @@ class ReadModels(abc.ABC):
     """
 
     # ------------------------------------------------------------ writing
+
+    def catch_up(self, *, batches: int | None = None) -> int:
+        """Fold what the store holds and the read models have not folded
+        yet; return how many events that passed. A backend that folds events
+        as it stores them has nothing to catch up with."""
+        return 0
+
+    def lag(self) -> int:
+        """About how many stored events the read models have not folded yet."""
+        return 0
 
     def apply(self, events: Sequence[Event]) -> None:
         """Fold newly stored ``events`` into the read models.

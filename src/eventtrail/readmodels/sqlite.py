@@ -1,5 +1,6 @@
-"""The read-model port on SQLite: tables in the store's own file, written
-with the store's connection inside the transaction that stores the events.
+"""The read-model port on SQLite: tables in a file of their own beside the
+store's (``events.db`` -> ``events.read-models.db``), kept by following the
+store's log.
 
 Tables (prefix ``rm_``):
 
@@ -11,12 +12,22 @@ Tables (prefix ``rm_``):
 - ``rm_requests``: one row per request, indexed by start time and by status
   and start time; ``rm_request_services``: one row per (service, request),
   by start time, for the search by service;
-- ``rm_meta``: the projection version.
+- ``rm_meta``: the projection version, and the *position*: the rowid of the
+  last event of the store's ``events`` table folded in.
 
-Concurrency: the store calls :meth:`apply` inside its write transaction
-(``BEGIN IMMEDIATE``), so two consumers (threads or processes) take turns on
-the write lock and each sees what the other committed. Every public method
-holds the store's lock; the primitives never take it (they run under it).
+Exactly once, by position: :meth:`SQLiteReadModels.catch_up` folds the
+events stored after the position, in the order they were stored, and writes
+the new position in the same transaction as their changes. An event is
+stored once (a redelivery is not a new row), gets a rowid above every rowid
+before it, and is folded by exactly one committed transaction, whichever
+process runs it and however often it is interrupted. The store numbers its
+rows from a counter of its own, so no rowid is given twice, even after a
+purge of the newest rows.
+
+Being a file of its own, the read models are written without the store's
+write lock: a projector folding in one thread or process does not hold up
+the consumer storing the next batch. Every public method holds this object's
+lock; the primitives never take it (they run under it).
 """
 
 from __future__ import annotations
@@ -27,11 +38,19 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from eventtrail.embedded.sqlite import has_tables, write_transaction
+from eventtrail.embedded.sqlite import (
+    BUSY_TIMEOUT_MS,
+    connect,
+    connect_read_only,
+    has_tables,
+    open_read_only,
+    write_transaction,
+)
 from eventtrail.event import Event
 from eventtrail.readmodels.model import (
     ALL_OPERATIONS,
@@ -51,7 +70,7 @@ from eventtrail.readmodels.port import CALL_EVENT_TYPES, Edge, Progress, ReadMod
 from eventtrail.readmodels.sketch import LatencySketch, SketchSum
 from eventtrail.times import format_moment, moment_of
 
-__all__ = ["SQLiteReadModels"]
+__all__ = ["SQLiteReadModels", "read_models_path"]
 
 _FAILURE_COLUMNS = ", ".join(f"failed_{kind}" for kind in FAILURE_KINDS)
 _FAILURE_DEFINITIONS = "".join(f"    failed_{kind} INTEGER NOT NULL,\n" for kind in FAILURE_KINDS)
@@ -127,6 +146,8 @@ _UPSERT = (
 )
 
 _REPLAY_BATCH = 2000
+#: Events folded per transaction when catching up with the log.
+_PROJECT_BATCH = 5000
 _CHUNK = 400
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -160,39 +181,71 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start : start + _CHUNK]
 
 
-Guard = Callable[[str], AbstractContextManager[None]]
+Guard = Callable[[str, Path], AbstractContextManager[None]]
+
+
+def read_models_path(store_path: Path) -> Path:
+    """Where the read models of the store at ``store_path`` live."""
+    return store_path.with_name(f"{store_path.stem}.read-models{store_path.suffix or '.db'}")
 
 
 class SQLiteReadModels(ReadModels):
-    """The read models in the store's SQLite file, on the store's connection.
+    """The read models of the store whose file is ``log_path``, in their own
+    file at ``path``.
 
-    ``lock`` is the store's lock on that connection; ``guard`` turns SQLite
-    errors into store errors (the store's own translation). A writer creates
-    the tables when they are missing: at the current version when the file
-    holds no events yet, else as never built (a rebuild fills them).
+    ``guard(doing, path)`` turns SQLite errors into store errors (the store's
+    own translation). A writer creates the tables when they are missing: at
+    the current version when the store holds no events yet, else as never
+    built (a rebuild fills them). ``read_only`` never writes nor creates
+    anything.
     """
 
     def __init__(
-        self, db: sqlite3.Connection, lock: threading.Lock, guard: Guard, *, read_only: bool = False
+        self,
+        path: Path,
+        log_path: Path,
+        guard: Guard,
+        *,
+        read_only: bool = False,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
     ) -> None:
-        self._db = db
-        self._lock = lock
-        self._guard = guard
+        self.path = path
+        self.log_path = log_path
         self.read_only = read_only
-        if not read_only:
-            with guard("cannot prepare the read models"):
-                db.create_function("rm_merge_sketches", 2, LatencySketch.merge_bytes, deterministic=True)
-                if not has_tables(db, _TABLES):
-                    with write_transaction(db):
-                        # Another process may have made them meanwhile.
-                        fresh = not has_tables(db, {"rm_meta"})
-                        _create_tables(db)
-                        empty = db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None
-                        if fresh and empty:
-                            db.execute(
-                                "INSERT OR IGNORE INTO rm_meta (name, value) VALUES ('version', ?)",
-                                (PROJECTION_VERSION,),
-                            )
+        self._lock = threading.Lock()
+        self._store_guard = guard
+        with guard("cannot open the read models", path):
+            if read_only:
+                self._db = open_read_only(path, _SCHEMA, busy_timeout_ms=busy_timeout_ms)
+                self._log = connect_read_only(log_path, busy_timeout_ms=busy_timeout_ms)
+                return
+            # What the read models hold is derived from the log: a power cut
+            # may take their last commits back, position included, and the
+            # next catch-up folds those events again.
+            self._db = connect(path, busy_timeout_ms=busy_timeout_ms, synchronous="NORMAL")
+            self._log = connect(log_path, busy_timeout_ms=busy_timeout_ms)
+        with guard("cannot prepare the read models", path):
+            self._log.execute("PRAGMA query_only = ON")
+            self._db.create_function("rm_merge_sketches", 2, LatencySketch.merge_bytes, deterministic=True)
+            if not has_tables(self._db, _TABLES):
+                with write_transaction(self._db) as db:
+                    # Another process may have made them meanwhile.
+                    fresh = not has_tables(db, {"rm_meta"})
+                    _create_tables(db)
+                    if fresh and not self._holds_events():
+                        db.execute(
+                            "INSERT OR IGNORE INTO rm_meta (name, value) VALUES ('version', ?)",
+                            (PROJECTION_VERSION,),
+                        )
+
+    def _guard(self, doing: str) -> AbstractContextManager[None]:
+        return self._store_guard(doing, self.path)
+
+    def close(self) -> None:
+        with self._lock, self._guard("cannot close the read models"):
+            self._db.close()
+            if self._log is not None:
+                self._log.close()
 
     # ------------------------------------------------------------ versions
 
@@ -201,15 +254,17 @@ class SQLiteReadModels(ReadModels):
             row = self._db.execute("SELECT value FROM rm_meta WHERE name = 'version'").fetchone()
         except sqlite3.OperationalError:
             row = None
-            # No tables yet (a reader of a file no writer of this version
-            # opened): nothing to read is as good as current.
-            if not self._holds_events():
-                return PROJECTION_VERSION
-        return None if row is None else int(row[0])
+        if row is None:
+            # Nothing built yet: as good as current while there is nothing
+            # to build from (a reader of a store no writer opened yet).
+            return None if self._holds_events() else PROJECTION_VERSION
+        return int(row[0])
 
     def _holds_events(self) -> bool:
+        if self._log is None:
+            return False
         try:
-            return self._db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+            return self._log.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
         except sqlite3.OperationalError:
             return False
 
@@ -317,23 +372,139 @@ class SQLiteReadModels(ReadModels):
     def _expire_open_calls(self, before: str) -> None:
         self._db.execute("DELETE FROM rm_open_calls WHERE ts < ?", (before,))
 
+    # ------------------------------------------------------------ following the log
+
+    def catch_up(self, *, batches: int | None = None) -> int:
+        """Fold the events stored since the position into the read models,
+        :data:`_PROJECT_BATCH` at a time, each batch with its new position in
+        one transaction; return how many events were passed (all types).
+
+        ``batches``: stop after that many (``None``: when there is nothing
+        left). Does nothing while the read models are outdated (a rebuild
+        makes them current and sets the position). Safe to run from several
+        threads or processes at once: they take turns, and none folds an
+        event another has folded.
+        """
+        if self.read_only:
+            raise ValueError("read models opened read-only cannot follow the log")
+        passed = 0
+        done = 0
+        while batches is None or done < batches:
+            count = self._fold_next()
+            if count == 0:
+                break
+            passed += count
+            done += 1
+        return passed
+
+    def lag(self) -> int:
+        """How many events the store holds past the position (about: rowids
+        freed by a purge count)."""
+        with self._guard("cannot read the read models"), self._lock:
+            newest = self._newest_rowid()
+            return 0 if newest is None or not self.is_current() else max(0, newest - self._position())
+
+    def _newest_rowid(self) -> int | None:
+        if self._log is None:
+            return None
+        try:
+            row = self._log.execute("SELECT max(rowid) FROM events").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if row[0] is None else int(row[0])
+
+    def _position(self) -> int:
+        row = self._db.execute("SELECT value FROM rm_meta WHERE name = 'position'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _set_position(self, rowid: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO rm_meta (name, value) VALUES ('position', ?)", (rowid,))
+
+    def _fold_next(self) -> int:
+        with self._guard("cannot update the read models"), self._lock:
+            newest = self._newest_rowid()
+            # A look without the write lock first: an idle follower polls.
+            if newest is None or newest <= self._position() or not self.is_current():
+                return 0
+            with write_transaction(self._db):
+                position = self._position()
+                return self._fold_after(position, newest, limit=_PROJECT_BATCH)
+
+    def _fold_after(self, position: int, newest: int, *, limit: int | None) -> int:
+        """Fold the events with rowids in ``(position, newest]`` (at most
+        ``limit`` of them) and move the position past them, in the caller's
+        transaction; return how many were passed."""
+        assert self._log is not None
+        sql = (
+            "SELECT rowid, type, ts, id, request_id, source, data FROM events WHERE rowid > ? AND rowid <= ?"
+        )
+        parameters: list[object] = [position, newest]
+        if limit is not None:
+            sql += " ORDER BY rowid LIMIT ?"
+            parameters.append(limit)
+        else:
+            sql += " ORDER BY rowid"
+        rows = self._log.execute(sql, parameters).fetchall()
+        if not rows:
+            return 0
+        calls = frozenset(CALL_EVENT_TYPES)
+        events = [
+            Event(
+                id=event_id,
+                request_id=request_id,
+                timestamp=ts,
+                type=type_,
+                source=source,
+                data=_decode_data(data),
+            )
+            for _, type_, ts, event_id, request_id, source, data in rows
+            if type_ in calls
+        ]
+        if events:
+            self._apply(events, counting_from=None)
+        self._set_position(int(rows[-1][0]))
+        return len(rows)
+
+    @contextmanager
+    def _log_snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction on the store's file: every read sees the
+        same events."""
+        assert self._log is not None
+        self._log.execute("BEGIN")
+        try:
+            yield self._log
+        finally:
+            self._log.execute("COMMIT")
+
     # ------------------------------------------------------------ replay
 
     @contextmanager
     def _replaying(self, cut: str | None, join_from: str | None) -> Iterator[Replay]:
-        with self._guard("cannot rebuild the read models"), self._lock, write_transaction(self._db) as db:
+        with (
+            self._guard("cannot rebuild the read models"),
+            self._lock,
+            write_transaction(self._db) as db,
+            self._log_snapshot() as log,
+        ):
             if not self._has_tables():
                 _create_tables(db)
+            newest = self._newest_rowid() or 0
+            if cut is not None:
+                # A partial rebuild replays from the cut on: fold first what
+                # the position has not reached, wherever in time it lies.
+                self._fold_after(self._position(), newest, limit=None)
             self._clear(cut, join_from)
             since = join_from or ""
             marks = ",".join("?" * len(CALL_EVENT_TYPES))
-            (total,) = db.execute(
-                f"SELECT count(*) FROM events WHERE type IN ({marks}) AND ts >= ?", (*CALL_EVENT_TYPES, since)
+            (total,) = log.execute(
+                f"SELECT count(*) FROM events WHERE type IN ({marks}) AND ts >= ? AND rowid <= ?",
+                (*CALL_EVENT_TYPES, since, newest),
             ).fetchone()
-            yield Replay(self._replay_batches(since), int(total))
+            yield Replay(self._replay_batches(since, newest), int(total))
             db.execute(
                 "INSERT OR REPLACE INTO rm_meta (name, value) VALUES ('version', ?)", (PROJECTION_VERSION,)
             )
+            self._set_position(newest)
 
     def _clear(self, cut: str | None, join_from: str | None) -> None:
         db = self._db
@@ -348,12 +519,13 @@ class SQLiteReadModels(ReadModels):
         db.execute("DELETE FROM rm_requests WHERE started_at >= ?", (cut,))
         db.execute("DELETE FROM rm_request_services WHERE started_at >= ?", (cut,))
 
-    def _replay_batches(self, since: str) -> Iterator[list[Event]]:
+    def _replay_batches(self, since: str, newest: int) -> Iterator[list[Event]]:
+        assert self._log is not None
         streams = [
-            self._db.execute(
+            self._log.execute(
                 "SELECT ts, id, request_id, type, source, data FROM events"
-                " WHERE type = ? AND ts >= ? ORDER BY ts, id",
-                (type_, since),
+                " WHERE type = ? AND ts >= ? AND rowid <= ? ORDER BY ts, id",
+                (type_, since, newest),
             )
             for type_ in CALL_EVENT_TYPES
         ]

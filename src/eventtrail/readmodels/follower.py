@@ -1,0 +1,103 @@
+"""Keeping read models up to date beside a consumer: a follower of the
+store's log.
+
+A consumer that stores events with ``project=False`` leaves the folding to a
+:class:`Follower`, which catches up with the log whenever there is something
+new, in its own thread (or process), so that storing a batch never waits for
+the projections. Exactly once holds whoever folds (see
+:meth:`~eventtrail.readmodels.port.ReadModels.catch_up`); the follower only
+decides when.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Self
+
+from eventtrail.readmodels.port import ReadModels
+from eventtrail.retry import Backoff
+from eventtrail.store import StoreError, TransientStoreError
+
+__all__ = ["Follower"]
+
+log = logging.getLogger(__name__)
+
+#: How long an idle follower waits before it looks at the log again.
+IDLE_SECONDS = 0.05
+
+#: A locked or full read-model file is waited for; a broken one stops the follower.
+WAIT_BACKOFF = Backoff(attempts=None, base=0.2, cap=10.0)
+
+
+class Follower:
+    """Folds what the store holds into ``models`` until stopped.
+
+    ``run`` loops in the calling thread; ``start`` runs it in a daemon
+    thread, ``stop`` asks it to finish the batch it is folding and waits for
+    it. The events it folded and the outages it waited out are counted.
+    """
+
+    def __init__(
+        self,
+        models: ReadModels,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        backoff: Backoff = WAIT_BACKOFF,
+    ) -> None:
+        self.models = models
+        self.idle_seconds = idle_seconds
+        self.backoff = backoff
+        self.folded = 0
+        self.outages = 0
+        self.failure: StoreError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Catch up, wait while idle, again, until ``stop`` (or :meth:`stop`)
+        is set; then catch up once more, so that what was stored before the
+        stop is folded. Returns early, with :attr:`failure` set, on a read
+        model file that no wait can help (corrupt, or of another shape)."""
+        stop = stop or self._stop
+        retries = 0
+        while True:
+            stopping = stop.is_set() or self._stop.is_set()
+            try:
+                passed = self.models.catch_up(batches=None if stopping else 1)
+            except TransientStoreError as error:
+                retries += 1
+                if retries == 1:
+                    self.outages += 1
+                    log.warning("cannot update the read models yet (%s); retrying with backoff", error)
+                if stopping or self._wait(stop, self.backoff.delay(retries)):
+                    log.warning("stopped with read models behind the store: the next follower catches up")
+                    return
+                continue
+            except StoreError as error:
+                self.failure = error
+                log.error("the read models are not kept up to date: %s", error)
+                return
+            if retries:
+                log.warning("updating the read models again")
+                retries = 0
+            self.folded += passed
+            if stopping:
+                return
+            if passed == 0 and self._wait(stop, self.idle_seconds):
+                # Stopped while idle: one last look, then out.
+                stop.set()
+
+    def _wait(self, stop: threading.Event, seconds: float) -> bool:
+        return stop.wait(seconds) or self._stop.is_set()
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self.run, name="read-model-follower", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to stop after a last catch-up, and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
