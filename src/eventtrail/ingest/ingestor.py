@@ -152,13 +152,22 @@ class Ingestor:
         *,
         from_end: bool = False,
         poll_seconds: float = 0.2,
+        finish: threading.Event | None = None,
+        on_idle: Callable[[], object] | None = None,
     ) -> None:
         """Follow ``paths`` until ``stop`` is set, resuming where the last
-        run stopped; what was read when ``stop`` is set is sent first."""
+        run stopped; what was read when ``stop`` is set is sent first.
+
+        ``finish``: once set, return as soon as the files have nothing new
+        (every line written before it was set is sent): the end of a log
+        whose writer has stopped. ``on_idle`` is called after each pass over
+        the files that found nothing new."""
         states = {path: _state_file(state_dir, self.format.name, path) for path in paths}
         tails = {path: Tail(path, _load(states[path]), from_end=from_end) for path in paths}
         try:
             while not stop.is_set():
+                # Set before this pass began: the pass sees every line written before.
+                finishing = finish is not None and finish.is_set()
                 busy = False
                 for path, tail in tails.items():
                     lines = tail.poll(budget=BATCH_LINES * 2048)
@@ -168,6 +177,10 @@ class Ingestor:
                     self.send(self.bodies(lines))
                     _save(states[path], path, tail.position)
                 if not busy:
+                    if on_idle is not None:
+                        on_idle()
+                    if finishing:
+                        return
                     stop.wait(poll_seconds)
         finally:
             for tail in tails.values():

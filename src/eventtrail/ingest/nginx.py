@@ -34,7 +34,20 @@ from eventtrail.ingest.accesslog import (
 )
 from eventtrail.times import parse_timestamp
 
-__all__ = ["NginxFormat"]
+__all__ = ["LOG_FORMAT", "NginxFormat"]
+
+#: The ``log_format`` this module reads, as the demo writes it into nginx's
+#: configuration. ``examples/`` is not installed with the package, so the
+#: example carries a copy, which a test holds to this text byte for byte.
+LOG_FORMAT = """log_format eventtrail escape=json
+    '{"msec":"$msec","request_id":"$request_id","request_method":"$request_method",'
+    '"uri":"$uri","status":"$status","request_time":"$request_time",'
+    '"request_length":"$request_length","service":"$service",'
+    '"upstream_addr":"$upstream_addr","upstream_status":"$upstream_status",'
+    '"upstream_response_time":"$upstream_response_time",'
+    '"upstream_connect_time":"$upstream_connect_time",'
+    '"upstream_header_time":"$upstream_header_time",'
+    '"upstream_bytes_received":"$upstream_bytes_received"}';"""
 
 # Values of several upstreams: ", " within one upstream group, " : " between
 # the groups of internal redirects (an address has ":" but never " : ").
