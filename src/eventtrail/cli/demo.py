@@ -8,6 +8,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,7 +24,14 @@ if TYPE_CHECKING:
     from eventtrail.demo.stack import DemoStack, DemoTotals
     from eventtrail.demo.traffic import TrafficCounts
 
-__all__ = ["demo", "demo_services"]
+__all__ = ["Producer", "demo", "demo_services"]
+
+
+class Producer(StrEnum):
+    """What records the demo's calls."""
+
+    gateway = "gateway"
+    nginx = "nginx"
 
 
 def demo(
@@ -41,6 +50,23 @@ def demo(
         int, typer.Option(min=0, max=65535, help="Port of the gateway (0: any free port).")
     ] = 0,
     seed: Annotated[int | None, typer.Option(help="Random seed, for the same behaviour every time.")] = None,
+    producer: Annotated[
+        Producer,
+        typer.Option(
+            help="What records the calls. gateway: eventtrail's recording gateway publishes each call as"
+            " it happens. nginx: Debian's nginx (apt install nginx-light) proxies the calls and writes"
+            " the JSON access log of examples/nginx-eventtrail.conf, which is followed into the queue as"
+            " `eventtrail ingest nginx --follow` does (its files: the data folder's nginx/).",
+        ),
+    ] = Producer.gateway,
+    nginx: Annotated[
+        Path | None,
+        typer.Option(
+            help="The nginx executable, with --producer nginx."
+            " [default: nginx on PATH, else /usr/sbin/nginx]",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDir = None,
     config_file: ConfigFile = None,
 ) -> None:
@@ -61,9 +87,10 @@ def demo(
         raise UsageError(
             f"the demo needs the gateway and web extras: pip install 'eventtrail[gateway,web]' ({error})"
         ) from None
+    nginx_executable = _nginx_executable(producer, nginx)
     begun = time.monotonic()
     settings = settings_from("local", data_dir, config_file)
-    stack = DemoStack(settings, ui_port=port, gateway_port=gateway_port, seed=seed)
+    stack = DemoStack(settings, ui_port=port, gateway_port=gateway_port, seed=seed, nginx=nginx_executable)
     try:
         stack.start()
     except (OSError, RuntimeError) as error:
@@ -72,8 +99,13 @@ def demo(
     try:
         # The address first: the UI is worth watching while the first traffic flows.
         console.print(f"web UI: {stack.ui_url} (requests, waterfalls, service health and map)")
+        gateway, followed = (
+            ("the gateway", "")
+            if stack.nginx is None
+            else ("nginx", f" its log {stack.nginx.access_log} is followed,")
+        )
         err_console.print(
-            f"Microservice A and B behind the gateway on {stack.gateway_url} (/a and /b);"
+            f"Microservice A and B behind {gateway} on {stack.gateway_url} (/a and /b);{followed}"
             f" events stored in {settings.store_path}"
         )
         _first_traffic(stack, counts, seconds=min(traffic, duration or traffic), rate=rate, seed=seed)
@@ -86,14 +118,35 @@ def demo(
     except KeyboardInterrupt:
         err_console.print("stopping...")
     finally:
-        err_console.print("stopping the gateway, storing its last events...")
+        if stack.nginx is not None:
+            err_console.print("stopping nginx, reading the rest of its log, storing its last events...")
+        else:
+            err_console.print("stopping the gateway, storing its last events...")
         _totals(stack.stop(), counts)
+
+
+def _nginx_executable(producer: Producer, given: Path | None) -> Path | None:
+    """nginx's executable with ``--producer nginx``; ``None`` for the recording gateway."""
+    from eventtrail.demo.nginx import NginxFailed, find_nginx
+
+    if producer is not Producer.nginx:
+        if given is not None:
+            raise UsageError("--nginx goes with --producer nginx")
+        return None
+    try:
+        return find_nginx(given)
+    except NginxFailed as error:
+        raise UsageError(f"--producer nginx needs nginx (apt install nginx-light): {error}") from None
 
 
 def _start_failure(error: BaseException, ui_port: int, gateway_port: int) -> str:
     """One line saying why the demo could not start, and which option helps."""
+    from eventtrail.demo.nginx import NginxFailed
     from eventtrail.web import PortUnavailable
 
+    if isinstance(error, NginxFailed):  # nginx's own message
+        taken = gateway_port and f":{gateway_port} " in str(error)
+        return f"{error}; --gateway-port 0 picks a free one" if taken else str(error)
     if isinstance(error, PortUnavailable):  # its message names the port
         option = "--gateway-port" if gateway_port and f"port {gateway_port} " in str(error) else "--port"
         return f"{error}; {option} 0 picks a free one"
@@ -163,12 +216,19 @@ def _verdict(stack: DemoStack) -> None:
 
 
 def _totals(totals: DemoTotals, counts: TrafficCounts) -> None:
-    events = totals.events
-    recorded = f"{_count(events.sent, 'event')} recorded" if events is not None else "no events recorded"
+    events, read = totals.events, totals.ingested
+    if read is not None:
+        recorded = f"{_count(read.lines, 'line')} of nginx's log read, {_count(read.events, 'event')} queued"
+    elif events is not None:
+        recorded = f"{_count(events.sent, 'event')} recorded"
+    else:
+        recorded = "no events recorded"
     err_console.print(
         f"{_count(counts.requests, 'demo request')} ({_count(counts.calls, 'call')},"
         f" {counts.failed:,} failed); {recorded}, {totals.stored:,} stored"
     )
+    if read is not None and read.bad:
+        err_console.print(f"[yellow]{_count(read.bad, 'bad line')} in nginx's log (see the warnings)[/]")
     if events is not None and (events.dropped or events.spill_pending):
         waiting = "waits" if events.spill_pending == 1 else "wait"
         err_console.print(

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Self
 
 from eventtrail.config import Settings, open_queue, open_store
 from eventtrail.demo.flows import SERVICE_A, SERVICE_B
+from eventtrail.demo.nginx import NginxGateway
 from eventtrail.demo.services import FAULTY, HEALTHY, orders_service, stock_service
 from eventtrail.gateway.config import GatewayConfig, parse_gateway_config
 from eventtrail.gateway.proxy import build_app as build_gateway
 from eventtrail.gateway.publisher import PublisherCounts
 from eventtrail.gateway.serve import GatewayServer, open_publisher
 from eventtrail.health import HealthReport, service_health
+from eventtrail.ingest import IngestCounts
 from eventtrail.queue import Queue
 from eventtrail.store import Store
 from eventtrail.web import BackgroundServer
@@ -50,10 +54,12 @@ def gateway_config(url_a: str, url_b: str) -> GatewayConfig:
 
 @dataclass(frozen=True, slots=True)
 class DemoTotals:
-    """What the demo's gateway and worker did, once stopped."""
+    """What the demo's gateway (or nginx's log) and worker did, once stopped."""
 
     events: PublisherCounts | None
     stored: int
+    ingested: IngestCounts | None = None
+    """What nginx's log lines became, when nginx was the gateway."""
 
 
 class DemoStack:
@@ -61,7 +67,9 @@ class DemoStack:
     gateway's events and lets the worker store them before returning.
 
     ``ui_port`` and ``gateway_port`` 0 pick free ports. ``seed`` makes the
-    services' behaviour repeatable.
+    services' behaviour repeatable. With ``nginx`` (its executable), nginx
+    is the gateway and its access log is followed into the queue
+    (:mod:`eventtrail.demo.nginx`) instead of the recording gateway.
     """
 
     def __init__(
@@ -72,6 +80,7 @@ class DemoStack:
         ui_port: int = 8765,
         gateway_port: int = 0,
         seed: int | None = None,
+        nginx: Path | None = None,
     ) -> None:
         self.settings = settings
         self.started_at = datetime.now(UTC)
@@ -87,6 +96,8 @@ class DemoStack:
             GatewayServer(stock_service(FAULTY, seed=None if seed is None else seed + 1), host),
         ]
         self._gateway: GatewayServer | None = None
+        self._nginx_executable = nginx
+        self._nginx: NginxGateway | None = None
         self._gateway_port = gateway_port
         self._stop_worker = threading.Event()
         self._worker = threading.Thread(target=self._work, name="eventtrail-demo-worker", daemon=True)
@@ -98,9 +109,16 @@ class DemoStack:
 
     @property
     def gateway_url(self) -> str:
+        if self._nginx is not None:
+            return self._nginx.url
         if self._gateway is None:
             raise RuntimeError("the demo is not started")
         return self._gateway.url
+
+    @property
+    def nginx(self) -> NginxGateway | None:
+        """nginx, when it is the gateway."""
+        return self._nginx
 
     def start(self) -> Self:
         try:
@@ -109,12 +127,22 @@ class DemoStack:
             for service in self._services:
                 service.start()
             config = gateway_config(self._services[0].url, self._services[1].url)
-            publisher = open_publisher(config, self.settings)
-            # Kept before it starts: if it cannot, stop() still closes its publisher.
-            self._gateway = GatewayServer(
-                build_gateway(config, publisher), self._host, self._gateway_port, publisher=publisher
-            )
-            self._gateway.start()
+            if self._nginx_executable is not None:
+                self._nginx = NginxGateway(
+                    config,
+                    self.settings,
+                    executable=self._nginx_executable,
+                    host=self._host,
+                    port=self._gateway_port,
+                )
+                self._nginx.start()
+            else:
+                publisher = open_publisher(config, self.settings)
+                # Kept before it starts: if it cannot, stop() still closes its publisher.
+                self._gateway = GatewayServer(
+                    build_gateway(config, publisher), self._host, self._gateway_port, publisher=publisher
+                )
+                self._gateway.start()
             self._worker.start()
         except BaseException:
             self.stop()
@@ -132,17 +160,23 @@ class DemoStack:
     def wait_until_stored(self, timeout: float = 10.0) -> bool:
         """Wait until every event the gateway recorded so far is stored (or
         dead-lettered); ``False`` if that took longer than ``timeout``."""
-        if self._gateway is None or self._gateway.publisher is None:
-            return True
-        publisher = self._gateway.publisher
-        target = publisher.counts().published
+        queued = self._all_queued()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            counts = publisher.counts()
-            if counts.sent >= target and self._queue.stats().pending == 0:
+            if queued() and self._queue.stats().pending == 0:
                 return True
             time.sleep(0.05)
         return False
+
+    def _all_queued(self) -> Callable[[], bool]:
+        """Whether the events recorded before this call are on the queue, asked later."""
+        if self._nginx is not None:
+            return self._nginx.caught_up()
+        if self._gateway is None or self._gateway.publisher is None:
+            return lambda: True
+        publisher = self._gateway.publisher
+        target = publisher.counts().published
+        return lambda: publisher.counts().sent >= target
 
     def health(self) -> HealthReport:
         """Service health over the time since the demo started."""
@@ -150,9 +184,11 @@ class DemoStack:
         return service_health(self._store, now - self.started_at, until=now)
 
     def stop(self) -> DemoTotals:
-        """Stop the gateway (flushing its events), the services, the worker
-        (after it stored everything queued), and the UI."""
+        """Stop the gateway (flushing its events, or reading nginx's log to
+        its end), the services, the worker (after it stored everything
+        queued), and the UI."""
         events = self._gateway.stop() if self._gateway is not None else None
+        ingested = self._nginx.stop() if self._nginx is not None else None
         for service in self._services:
             service.stop()
         self._stop_worker.set()
@@ -161,7 +197,7 @@ class DemoStack:
         self._ui.stop()
         self._store.close()
         self._queue.close()
-        return DemoTotals(events=events, stored=self._stored)
+        return DemoTotals(events=events, stored=self._stored, ingested=ingested)
 
     def __enter__(self) -> Self:
         return self.start()
