@@ -7,8 +7,12 @@ and without projections, and replay.
    each against the same call over a 1-minute window in the same run. Target:
    under 50 ms at 10M events, within 3x of the 1-minute call.
 2. Ingest: events/s through ``SQLiteStore.append`` in batches the size a
-   worker takes, with the projections applied (as shipped) and with them
-   replaced by a no-op, same run, same events. Target: at least 85% kept.
+   worker takes, as the worker runs it (``project=False``, a follower process
+   folding the log into the read models at the same time) and with no read
+   models at all (no follower), same run, same events; then how long the
+   follower took to fold the last event, and, for reference, the rate when
+   each append folds its batch itself (``project=True``). Target: at least
+   85% kept.
 3. Replay: ``rebuild`` throughput (events/s) while building the reader file.
 
     .venv/bin/python benchmarks/read_models.py [--events 1000000] [--ingest 100000] [--rounds 3]
@@ -37,6 +41,7 @@ import msgspec
 
 from eventtrail.calls import call_error, call_request
 from eventtrail.demo import demo_flows
+from eventtrail.embedded.follower import FollowerProcess
 from eventtrail.embedded.sqlite import connect
 from eventtrail.embedded.store import _SCHEMA, SQLiteStore
 from eventtrail.event import Event
@@ -177,29 +182,60 @@ def readers(path: Path, samples: int) -> list[tuple[str, str, float, float]]:
     return results
 
 
-def ingest(count: int, batch: int, rounds: int) -> list[tuple[float, float]]:
-    """Events/s with the projections applied and with them off, same events,
-    in alternating rounds (on then off, then off then on, ...), so that a
-    change in the machine's load weighs on both sides."""
+def ingest(count: int, batch: int, rounds: int) -> list[tuple[float, float, float, float]]:
+    """(followed, off, folded, inline) events/s: appending with a follower
+    process at work, appending with none, every event folded (from the first
+    append to the follower's last fold), and appending with the fold in each
+    append. Alternating rounds (followed then off, then off then followed),
+    so that a change in the machine's load weighs on both sides."""
     events = list(traffic(count, start=datetime(2025, 1, 1, tzinfo=UTC), span=timedelta(hours=2), seed=7))
     results = []
     for round_ in range(rounds):
-        rates: dict[bool, float] = {}
-        for projections in (True, False) if round_ % 2 == 0 else (False, True):
+        rates: dict[str, float] = {}
+        for mode in ("followed", "off", "inline") if round_ % 2 == 0 else ("off", "followed", "inline"):
             folder = Path(tempfile.mkdtemp(prefix="eventtrail-ingest-"))
-            with SQLiteStore(folder / "events.db") as store:
-                if not projections:
-                    # Off: the same store with the read models' apply as a no-op.
-                    store.read_models.apply = lambda events: None  # type: ignore[method-assign]
+            path = folder / "events.db"
+            with SQLiteStore(path, project=mode == "inline") as store:
+                follower = None
+                if mode == "followed":
+                    follower = FollowerProcess(path, busy_timeout_ms=10_000).start()
+                    # Started and idle, as beside a worker that was waiting for work.
+                    while store.read_models.lag() or not _following(follower):
+                        time.sleep(0.01)
                 began = time.perf_counter()
                 for start in range(0, len(events), batch):
                     store.append(events[start : start + batch])
-                rates[projections] = len(events) / (time.perf_counter() - began)
+                rates[mode] = len(events) / (time.perf_counter() - began)
+                if follower is not None:
+                    behind = store.read_models.lag()
+                    while store.read_models.lag():
+                        time.sleep(0.005)
+                    rates["folded"] = len(events) / (time.perf_counter() - began)
+                    follower.stop()
+                    print(f"  the follower was {behind:,} events behind at the last append", flush=True)
             shutil.rmtree(folder)
-        results.append((rates[True], rates[False]))
-        on, off = results[-1]
-        print(f"round {round_ + 1}: on {on:,.0f} events/s, off {off:,.0f} events/s, kept {on / off:.0%}")
+        results.append((rates["followed"], rates["off"], rates["folded"], rates["inline"]))
+        followed, off, folded, inline = results[-1]
+        print(
+            f"round {round_ + 1}: followed {followed:,.0f} events/s, off {off:,.0f} events/s,"
+            f" kept {followed / off:.0%}; all folded at {folded:,.0f} events/s;"
+            f" folded in each append {inline:,.0f} events/s ({inline / off:.0%})",
+            flush=True,
+        )
     return results
+
+
+def _following(follower: FollowerProcess) -> bool:
+    """Whether the follower's process has opened the read models (it holds
+    their file open)."""
+    pid = follower.pid
+    if pid is None:
+        return False
+    try:
+        links = list(Path(f"/proc/{pid}/fd").iterdir())
+        return any(link.resolve().name.endswith(".read-models.db") for link in links)
+    except (FileNotFoundError, PermissionError):
+        return False
 
 
 def _load() -> str:
@@ -208,7 +244,13 @@ def _load() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000], help="reader file sizes")
+    parser.add_argument(
+        "--events",
+        type=int,
+        nargs="*",
+        default=[1_000_000],
+        help="reader file sizes (none: skip the readers)",
+    )
     parser.add_argument("--ingest", type=int, default=100_000, help="events to ingest, each way (0: skip)")
     parser.add_argument(
         "--batch", type=int, default=1000, help="events per append (the worker's default batch)"
@@ -234,12 +276,15 @@ def main() -> None:
     if args.ingest:
         print(f"\ningest, {args.ingest:,} events in batches of {args.batch} (synchronous=FULL):")
         results = ingest(args.ingest, args.batch, args.rounds)
-        on = statistics.median(on for on, _ in results)
-        off = statistics.median(off for _, off in results)
-        kept = statistics.median(on / off for on, off in results)
+        followed = statistics.median(row[0] for row in results)
+        off = statistics.median(row[1] for row in results)
+        kept = statistics.median(row[0] / row[1] for row in results)
+        folded = statistics.median(row[2] for row in results)
+        inline = statistics.median(row[3] / row[1] for row in results)
         print(
-            f"median of {len(results)} rounds: projections on {on:,.0f} events/s; off {off:,.0f} events/s;"
-            f" kept {kept:.0%} (target >= 85%)"
+            f"median of {len(results)} rounds: followed {followed:,.0f} events/s; off {off:,.0f} events/s;"
+            f" kept {kept:.0%} (target >= 85%): {'met' if kept >= 0.85 else 'MISSED'};"
+            f" all folded at {folded:,.0f} events/s; folding in each append keeps {inline:.0%}"
         )
     print(f"\nrun at {format_moment(datetime.now(UTC))}, load average {_load()} (1, 5, 15 min)")
 

@@ -45,7 +45,9 @@ def test_the_read_models_live_beside_the_store_file_at_the_current_version(tmp_p
         pass
     assert read_models_path(path) == tmp_path / "events.read-models.db"
     store_db = sqlite3.connect(path)
-    store_tables = {name for (name,) in store_db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    store_tables = {
+        name for (name,) in store_db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
     assert store_tables == {"events", "store_meta"}
     db = sqlite3.connect(read_models_path(path))
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
