@@ -208,3 +208,15 @@ def test_the_worker_stops_caught_up_and_its_follower_never_outlives_it(tmp_path:
             worker.kill()
             worker.wait()
     assert worker.returncode == -signal.SIGKILL
+
+
+def test_status_says_how_far_behind_the_read_models_are(tmp_path: Path) -> None:
+    service = unique_service()
+    with SQLiteStore(tmp_path / "events.db", project=False) as store:
+        store.append(flat([a_call(service, T0)]))
+    behind = run(tmp_path, "status")
+    assert behind.returncode == 0, behind.stderr
+    assert "read models: 2 events behind the store" in behind.stdout
+    with SQLiteStore(tmp_path / "events.db") as store:
+        read_models_of(store).catch_up()
+    assert "read models: up to date" in run(tmp_path, "status").stdout

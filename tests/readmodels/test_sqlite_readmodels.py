@@ -22,7 +22,7 @@ from eventtrail.readmodels.port import ReadModels
 from eventtrail.readmodels.sqlite import read_models_path
 from eventtrail.store import StoreError
 from tests.cli import run
-from tests.contract.readmodels_contract import T0, a_call, flat, totals, unique_service
+from tests.contract.readmodels_contract import T0, a_call, all_requests, flat, totals, unique_service
 
 HOUR = (T0, T0 + timedelta(hours=1))
 
@@ -263,3 +263,21 @@ def test_a_window_that_ends_now_reads_its_last_hour_as_one_row(three_hours: SQLi
     assert not any(f"step = '1m' AND bucket >= '{last_hour[:14]}" in sql for sql in reads), reads
     assert sum(rollup.calls for rollup in found.values()) > 100
     assert found == ReadModels.rollups(models, since, until)
+
+
+def test_purge_forgets_the_requests_of_purged_events_and_keeps_the_rollups(tmp_path: Path) -> None:
+    service = unique_service()
+    old = [a_call(service, T0 + timedelta(minutes=i), status=500) for i in range(5)]
+    new = [a_call(service, T0 + timedelta(hours=2, minutes=i), status=500) for i in range(3)]
+    window = (T0, T0 + timedelta(hours=3))
+    with SQLiteStore(tmp_path / "events.db") as store:
+        store.append(flat(old + new))
+        models = read_models_of(store)
+        assert store.purge(T0 + timedelta(hours=1)) == 10
+        found = all_requests(models, RequestQuery(service=service, status="error"))
+        assert sorted(summary.request_id for summary in found) == sorted(call[0].request_id for call in new)
+        assert [s.request_id for s in all_requests(models, RequestQuery())] == [s.request_id for s in found]
+        rollup = totals(models, service, *window)
+        assert (rollup.calls, rollup.errors) == (8, 8)
+    db = sqlite3.connect(read_models_path(tmp_path / "events.db"))
+    assert db.execute("SELECT count(*) FROM rm_request_services").fetchone() == (3,)

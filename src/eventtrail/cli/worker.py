@@ -28,6 +28,7 @@ from eventtrail.cli.common import (
 from eventtrail.cli.render import plural
 from eventtrail.config import open_queue, open_store
 from eventtrail.embedded.follower import FollowerProcess
+from eventtrail.readmodels import read_models_of
 from eventtrail.store import StoreError
 from eventtrail.times import moment_before, parse_duration
 from eventtrail.worker import Worker, open_patiently
@@ -154,6 +155,19 @@ def status(backend: Backend = None, data_dir: DataDir = None, config_file: Confi
     console.print(f"visible:     {stats.visible}")
     console.print(f"in flight:   {stats.in_flight}")
     console.print(f"dead letters: {stats.dead}")
+    if settings.backend == "local":
+        # DynamoDB's read models are written as the events are stored.
+        with open_store(settings, read_only=True) as store:
+            models = read_models_of(store)
+            behind = models.lag()
+            current = models.is_current()
+        if not current:
+            state = "not built for this version: run `eventtrail rebuild`"
+        elif behind:
+            state = f"{plural(behind, 'event')} behind the store (a running worker folds them)"
+        else:
+            state = "up to date"
+        console.print(f"read models: {state}")
 
 
 def purge(

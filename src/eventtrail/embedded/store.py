@@ -382,6 +382,7 @@ class SQLiteStore(Store):
                 removed += count
                 if count < _PURGE_BATCH:
                     break
+        self.read_models.purge(cutoff)
         return removed
 
     def _types(self) -> list[str]:

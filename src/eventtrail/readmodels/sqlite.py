@@ -146,6 +146,7 @@ _UPSERT = (
 )
 
 _REPLAY_BATCH = 2000
+_PURGE_BATCH = 10_000
 #: Events folded per transaction when catching up with the log.
 _PROJECT_BATCH = 5000
 _CHUNK = 400
@@ -475,6 +476,39 @@ class SQLiteReadModels(ReadModels):
             yield self._log
         finally:
             self._log.execute("COMMIT")
+
+    # ------------------------------------------------------------ retention
+
+    def purge(self, before: str) -> int:
+        """Forget the summaries of requests that started before ``before``
+        (with their search index rows) and the open calls older than it, as
+        the store forgets their events; return how many summaries went.
+        Rollup rows are small and kept, as on DynamoDB. In small
+        transactions: a purge must not hold the write lock for long."""
+        if self.read_only:
+            raise ValueError("read models opened read-only cannot be purged")
+        removed = 0
+        while True:
+            with self._guard("cannot purge the read models"), self._lock, write_transaction(self._db) as db:
+                rows = db.execute(
+                    "SELECT request_id, started_at, state FROM rm_requests WHERE started_at < ?"
+                    " ORDER BY started_at LIMIT ?",
+                    (before, _PURGE_BATCH),
+                ).fetchall()
+                db.executemany(
+                    "DELETE FROM rm_request_services WHERE service = ? AND started_at = ? AND request_id = ?",
+                    [
+                        (service, started_at, request_id)
+                        for request_id, started_at, state in rows
+                        for service in _decode_state(state).services
+                    ],
+                )
+                db.executemany("DELETE FROM rm_requests WHERE request_id = ?", [(row[0],) for row in rows])
+                if len(rows) < _PURGE_BATCH:
+                    db.execute("DELETE FROM rm_open_calls WHERE ts < ?", (before,))
+            removed += len(rows)
+            if len(rows) < _PURGE_BATCH:
+                return removed
 
     # ------------------------------------------------------------ replay
 
