@@ -17,11 +17,19 @@ import pytest
 from eventtrail.embedded.follower import FollowerProcess
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import Event, encode_event
-from eventtrail.readmodels import ReadModels, read_models_of
+from eventtrail.readmodels import ReadModels, RequestQuery, read_models_of
 from eventtrail.readmodels.follower import Follower
 from eventtrail.readmodels.sketch import LatencySketch
 from tests.cli import run, spawn
-from tests.contract.readmodels_contract import T0, a_call, flat, snapshot, totals, unique_service
+from tests.contract.readmodels_contract import (
+    T0,
+    a_call,
+    all_requests,
+    flat,
+    snapshot,
+    totals,
+    unique_service,
+)
 
 WINDOW = (T0 - timedelta(hours=1), T0 + timedelta(hours=3))
 
@@ -220,3 +228,20 @@ def test_status_says_how_far_behind_the_read_models_are(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "events.db") as store:
         read_models_of(store).catch_up()
     assert "read models: up to date" in run(tmp_path, "status").stdout
+
+
+def test_a_partial_rebuild_first_folds_what_the_follower_has_not_reached(tmp_path: Path) -> None:
+    service = unique_service()
+    early = [a_call(service, T0 + timedelta(minutes=i), status=500) for i in range(4)]
+    late = [a_call(service, T0 + timedelta(hours=2, minutes=i)) for i in range(3)]
+    with SQLiteStore(tmp_path / "events.db", project=False) as store:
+        store.append(flat(early + late))
+        models = read_models_of(store)
+        assert models.lag() == 14
+        # From the later hour on: the early calls, before the cut, are folded
+        # from the position, the later ones replayed; each counted once.
+        models.rebuild(since=T0 + timedelta(hours=2))
+        assert models.lag() == 0
+        rollup = totals(models, service, *WINDOW)
+        assert (rollup.calls, rollup.errors) == (7, 4)
+        assert len(all_requests(models, RequestQuery(service=service))) == 7

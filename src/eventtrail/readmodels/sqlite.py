@@ -25,8 +25,8 @@ rows from a counter of its own, so no rowid is given twice, even after a
 purge of the newest rows.
 
 Being a file of its own, the read models are written without the store's
-write lock: a projector folding in one thread or process does not hold up
-the consumer storing the next batch. Every public method holds this object's
+write lock: a follower folding in another thread or process does not hold
+up the consumer storing the next batch. Every public method holds this object's
 lock; the primitives never take it (they run under it).
 """
 
@@ -431,21 +431,22 @@ class SQLiteReadModels(ReadModels):
                 position = self._position()
                 return self._fold_after(position, newest, limit=_PROJECT_BATCH)
 
-    def _fold_after(self, position: int, newest: int, *, limit: int | None) -> int:
+    def _fold_through(self, newest: int) -> None:
+        """Fold every event up to rowid ``newest``, batch after batch, in the
+        caller's transaction."""
+        while self._fold_after(self._position(), newest, limit=_PROJECT_BATCH):
+            pass
+
+    def _fold_after(self, position: int, newest: int, *, limit: int) -> int:
         """Fold the events with rowids in ``(position, newest]`` (at most
         ``limit`` of them) and move the position past them, in the caller's
         transaction; return how many were passed."""
         assert self._log is not None
-        sql = (
-            "SELECT rowid, type, ts, id, request_id, source, data FROM events WHERE rowid > ? AND rowid <= ?"
-        )
-        parameters: list[object] = [position, newest]
-        if limit is not None:
-            sql += " ORDER BY rowid LIMIT ?"
-            parameters.append(limit)
-        else:
-            sql += " ORDER BY rowid"
-        rows = self._log.execute(sql, parameters).fetchall()
+        rows = self._log.execute(
+            "SELECT rowid, type, ts, id, request_id, source, data FROM events"
+            " WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
+            (position, newest, limit),
+        ).fetchall()
         if not rows:
             return 0
         calls = frozenset(CALL_EVENT_TYPES)
@@ -526,7 +527,7 @@ class SQLiteReadModels(ReadModels):
             if cut is not None:
                 # A partial rebuild replays from the cut on: fold first what
                 # the position has not reached, wherever in time it lies.
-                self._fold_after(self._position(), newest, limit=None)
+                self._fold_through(newest)
             self._clear(cut, join_from)
             since = join_from or ""
             marks = ",".join("?" * len(CALL_EVENT_TYPES))
