@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -20,7 +20,10 @@ from eventtrail.event import DEFAULT_MAX_BODY_BYTES
 from eventtrail.queue import Queue
 from eventtrail.store import Store
 
-__all__ = ["ConfigError", "Settings", "load_settings", "open_queue", "open_store"]
+if TYPE_CHECKING:
+    from eventtrail.embedded.follower import FollowerProcess
+
+__all__ = ["ConfigError", "Settings", "load_settings", "open_queue", "open_store", "start_follower"]
 
 DEFAULT_CONFIG_FILE = "eventtrail.toml"
 ENV_PREFIX = "EVENTTRAIL_"
@@ -193,13 +196,22 @@ def open_queue(settings: Settings, *, read_only: bool = False) -> Queue:
     )
 
 
+def start_follower(settings: Settings) -> FollowerProcess | None:
+    """The read-model follower a consumer runs beside its store, started
+    (``None`` on AWS, where storing an event folds it)."""
+    if settings.backend == "aws":
+        return None
+    from eventtrail.embedded.follower import FollowerProcess
+
+    return FollowerProcess(settings.store_path, busy_timeout_ms=round(settings.busy_timeout * 1000)).start()
+
+
 def open_store(settings: Settings, *, read_only: bool = False, project: bool = True) -> Store:
     """The store of the configured backend (``read_only`` as for :func:`open_queue`).
 
     ``project=False``: the embedded store leaves its read models to a
-    follower (see :class:`~eventtrail.embedded.follower.FollowerProcess`)
-    instead of folding each batch before ``append`` returns; DynamoDB folds
-    as it stores either way."""
+    follower (:func:`start_follower`) instead of folding each batch before
+    ``append`` returns; DynamoDB folds as it stores either way."""
     if settings.backend == "aws":
         from eventtrail.aws.backend import open_dynamodb_store
 

@@ -25,7 +25,7 @@ from eventtrail.cli.common import (
     settings_from,
 )
 from eventtrail.cli.render import plural, shown
-from eventtrail.config import Settings, open_queue, open_store
+from eventtrail.config import Settings, open_queue, open_store, start_follower
 from eventtrail.queue import QueueError
 from eventtrail.retry import Backoff
 from eventtrail.store import StoreError
@@ -153,10 +153,15 @@ def _work(settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with open_queue(settings) as queue, open_store(settings) as store:
-        worker = Worker.configured(queue, store, settings)
-        worker.run(stop=stop)
-        total = worker.run(drain=True)
+    follower = start_follower(settings)
+    try:
+        with open_queue(settings) as queue, open_store(settings, project=False) as store:
+            worker = Worker.configured(queue, store, settings)
+            worker.run(stop=stop)
+            total = worker.run(drain=True)
+    finally:
+        if follower is not None:
+            follower.stop()
     err_console.print(f"worker: drained, {total.stored} stored on the way out")
 
 

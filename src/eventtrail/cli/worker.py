@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,12 +26,14 @@ from eventtrail.cli.common import (
     settings_from,
 )
 from eventtrail.cli.render import plural
-from eventtrail.config import open_queue, open_store
-from eventtrail.embedded.follower import FollowerProcess
+from eventtrail.config import open_queue, open_store, start_follower
 from eventtrail.readmodels import read_models_of
 from eventtrail.store import StoreError
 from eventtrail.times import moment_before, parse_duration
 from eventtrail.worker import Worker, open_patiently
+
+if TYPE_CHECKING:
+    from eventtrail.embedded.follower import FollowerProcess
 
 __all__ = ["purge", "status", "worker"]
 
@@ -110,22 +112,17 @@ def worker(
     stop = threading.Event()
     _stop_on_signals(stop)
     queue = open_patiently(lambda: open_queue(settings), stop)
-    # The embedded store's read models are folded by a follower process, so
-    # that storing a batch never waits for them.
-    follows = settings.backend == "local"
+    # The read models are folded beside the worker (by a follower process on
+    # the embedded backend), so that storing a batch never waits for them.
     store = None
     if queue is not None:
-        store = open_patiently(lambda: open_store(settings, project=not follows), stop)
+        store = open_patiently(lambda: open_store(settings, project=False), stop)
     if queue is None or store is None:
         if queue is not None:
             queue.close()
         err_console.print("stopped before the queue and the store could be opened")
         return
-    follower = (
-        FollowerProcess(settings.store_path, busy_timeout_ms=round(settings.busy_timeout * 1000)).start()
-        if follows
-        else None
-    )
+    follower = start_follower(settings)
     with queue, store, _stopped_at_exit(follower):
         run = Worker.configured(queue, store, settings)
         logging.getLogger("eventtrail.worker").info(
