@@ -3,9 +3,11 @@
 Pushes N events (default 200,000) of demo traffic through the SQLite queue
 and a worker into the SQLite store, and prints events/s next to the raw limit
 of this machine measured in the same run: plain SQLite ``executemany`` of the
-same rows into the same schema, with the same pragmas. The store step applies
-the read models' projections in its transaction; the raw limit does not.
-Target: the pipeline reaches at least 40% of the raw limit.
+same rows into the same schema, with the same pragmas. Each worker runs as
+``eventtrail worker`` does: it stores without folding, and a follower process
+beside it folds the events into the read models; the time until the last
+event is in the read models is printed too. Target: the pipeline reaches at
+least 40% of the raw limit.
 
     .venv/bin/python benchmarks/pipeline.py [--events 200000] [--batch-size 2000]
 """
@@ -24,6 +26,7 @@ import msgspec
 
 from eventtrail.consumer import Consumer
 from eventtrail.demo import demo_flows
+from eventtrail.embedded.follower import FollowerProcess
 from eventtrail.embedded.queue import SQLiteQueue
 from eventtrail.embedded.sqlite import connect
 from eventtrail.embedded.store import _SCHEMA, SQLiteStore
@@ -67,8 +70,22 @@ def _send(queue_path: Path, bodies: list[str], batch: int) -> None:
 
 
 def _work(folder: Path, batch: int, stop: Any) -> None:
-    with SQLiteQueue(folder / "queue.db") as queue, SQLiteStore(folder / "events.db") as store:
-        Worker(queue, Consumer(store), batch_size=batch, wait_seconds=0.05).run(stop=stop)
+    # As `eventtrail worker` runs: the store does not fold, a follower
+    # process beside it does.
+    follower = FollowerProcess(folder / "events.db", busy_timeout_ms=10_000).start()
+    try:
+        with (
+            SQLiteQueue(folder / "queue.db") as queue,
+            SQLiteStore(folder / "events.db", project=False) as store,
+        ):
+            Worker(queue, Consumer(store), batch_size=batch, wait_seconds=0.05).run(stop=stop)
+    finally:
+        follower.stop()
+
+
+def _lag(path: Path) -> int:
+    with SQLiteStore(path, read_only=True) as store:
+        return store.read_models.lag()
 
 
 def _stored(path: Path) -> int:
@@ -80,9 +97,11 @@ def _stored(path: Path) -> int:
         db.close()
 
 
-def pipeline(folder: Path, events: list[Event], batch: int, *, workers: int) -> float:
-    """Seconds from the first send until every event is stored, with the
-    producer and ``workers`` worker processes running at the same time."""
+def pipeline(folder: Path, events: list[Event], batch: int, *, workers: int) -> tuple[float, float]:
+    """Seconds from the first send until every event is stored, and until
+    every event is folded into the read models, with the producer and
+    ``workers`` worker processes (each with its follower) running at the
+    same time."""
     bodies = [encode_event(e).decode() for e in events]
     SQLiteQueue(folder / "queue.db").close()
     SQLiteStore(folder / "events.db").close()
@@ -98,11 +117,14 @@ def pipeline(folder: Path, events: list[Event], batch: int, *, workers: int) -> 
     while _stored(folder / "events.db") < len(bodies):
         time.sleep(0.02)
     elapsed = time.perf_counter() - start
+    while _lag(folder / "events.db"):
+        time.sleep(0.02)
+    folded = time.perf_counter() - start
     stop.set()
     sender.join()
     for process in consumers:
         process.join()
-    return elapsed
+    return elapsed, folded
 
 
 def main() -> None:
@@ -121,13 +143,14 @@ def main() -> None:
         for workers in (1, 2):
             folder = root / f"workers-{workers}"
             folder.mkdir()
-            elapsed = pipeline(folder, events, args.batch_size, workers=workers)
+            elapsed, folded = pipeline(folder, events, args.batch_size, workers=workers)
             assert _stored(folder / "events.db") == len(events)
             results[workers] = len(events) / elapsed
             print(
                 f"pipeline, sender || {workers} worker process{'es' if workers > 1 else ''}:"
                 f" {results[workers]:>10,.0f} events/s ({elapsed:.2f} s)"
-                f"  = {results[workers] / raw_rate:.0%} of raw"
+                f"  = {results[workers] / raw_rate:.0%} of raw;"
+                f" all in the read models after {folded:.2f} s ({len(events) / folded:,.0f} events/s)"
             )
     best = max(results.values())
     verdict = "meets" if best / raw_rate >= TARGET_RATIO else "MISSES"
