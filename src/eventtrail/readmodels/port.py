@@ -399,7 +399,9 @@ class ReadModels(abc.ABC):
 
     @abc.abstractmethod
     def _commit(self, changes: Changes) -> None:
-        """Write ``changes`` at once, in the unit that stores their events.
+        """Write ``changes`` at once: in the unit that stores their events on
+        a backend that folds as it stores, in the unit that moves the
+        position on one that follows its log.
 
         - every rollup delta is *added* to its row (a missing row counts as
           zero): ``calls``, each failure count, and the sketch's counts per
@@ -415,7 +417,8 @@ class ReadModels(abc.ABC):
           and raises :class:`~eventtrail.store.TransientStoreError` otherwise,
           so that the batch is retried).
 
-        Either all of it is written with the batch's events or none of it.
+        Either all of it is written with the batch's events (or position) or
+        none of it.
         """
 
     @abc.abstractmethod
