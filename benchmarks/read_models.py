@@ -142,9 +142,8 @@ def reader_file(count: int, rebuild: bool) -> tuple[Path, str]:
             if not models.is_current():
                 # A file from an eventtrail whose read models had another shape.
                 began = time.perf_counter()
-                replayed = models.rebuild()
-                elapsed = time.perf_counter() - began
-                note.write_text(f"{replayed} {elapsed}\n")
+                count = models.rebuild()
+                note.write_text(f"{count} {time.perf_counter() - began}\n")
     replayed, elapsed = note.read_text().split()
     return (
         path,
