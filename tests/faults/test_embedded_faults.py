@@ -191,3 +191,32 @@ def test_send_and_the_worker_on_a_filesystem_that_fills(tmp_path: Path, tmpfs: T
     with SQLiteQueue(data / "queue.db", read_only=True) as queue:
         assert queue.dead_letters() == []
     assert stored_ids(data) == sent
+
+
+def test_a_held_read_model_lock_never_holds_up_storing_and_is_waited_out(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    first, sent = events_file(tmp_path, 300, "first.ndjson")
+    assert run(data, "send", str(first), env=SHORT_BUSY).returncode == 0
+    worker = spawn(data, "worker", "--batch-size", "100", env=SHORT_BUSY)
+    try:
+        wait_until(lambda: stored_ids(data) == sent, 60, "the first events to be stored")
+        wait_until(lambda: "up to date" in run(data, "status").stdout, 60, "the first events to be folded")
+        with LockHolder(data / "events.read-models.db"):
+            # Held for many busy timeouts: the follower cannot fold, the
+            # worker stores regardless, and readers still answer.
+            second, more = events_file(tmp_path, 300, "second.ndjson")
+            sent |= more
+            assert run(data, "send", str(second), env=SHORT_BUSY).returncode == 0
+            wait_until(lambda: stored_ids(data) == sent, 60, "events stored while the read models are locked")
+            time.sleep(2)
+            behind = run(data, "status", env=SHORT_BUSY)
+            assert behind.returncode == 0, behind.stderr
+            assert "read models: 300 events behind the store" in behind.stdout
+        wait_until(lambda: "up to date" in run(data, "status").stdout, 60, "the follower to catch up")
+    finally:
+        log = stop_worker(worker)
+    assert "cannot update the read models yet" in log and "locked by another process" in log
+    assert log.count("cannot update the read models yet") == 1, log
+    assert "updating the read models again" in log
+    assert stored_ids(data) == sent
