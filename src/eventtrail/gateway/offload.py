@@ -9,7 +9,9 @@ other core. Any adapter works this way: the child opens it from the settings.
 
 The child also makes the gateway's call records into event bodies
 (:meth:`ProcessQueue.send_packed`), so that the gateway's process never
-builds or encodes an event.
+builds or encodes an event. Several batches go in one call
+(:meth:`ProcessQueue.send_batches`): each round trip costs the publisher's
+thread a few hand-overs of the GIL, each of which stalls the event loop.
 
 The child opens the queue in the background and keeps trying (a locked
 queue file, an unreachable SQS) until it can: until then every call fails
@@ -75,8 +77,8 @@ def _serve(connection: Connection, settings: Settings) -> None:
                 name, args, kwargs = connection.recv()
             except (EOFError, OSError):  # the gateway closed the pipe, or died
                 return
-            if name == "send_packed":
-                connection.send(_send_packed(sink, args[0]))
+            if name == "send_batches":
+                connection.send(_send_batches(sink, args[0]))
                 continue
             try:
                 result = getattr(queue, name)(*args, **kwargs)
@@ -86,9 +88,9 @@ def _serve(connection: Connection, settings: Settings) -> None:
                 connection.send(("ok", result))
 
 
-def _send_packed(sink: EncodingSink, packs: list[bytes]) -> tuple[str, Any]:
+def _send_batches(sink: EncodingSink, batches: list[list[bytes]]) -> tuple[str, Any]:
     try:
-        refused = sink.send_packed(packs)
+        refused = sink.send_batches(batches)
     except UnsentRecords as unsent:  # the caller spills the bodies
         return ("unsent", (str(unsent), unsent.bodies, unsent.refused))
     except Exception as error:  # noqa: BLE001 - reported to the caller, which has the records
@@ -194,7 +196,13 @@ class ProcessQueue(Queue):
 
     def send_packed(self, packs: Sequence[bytes]) -> list[Refused]:
         """Send the events of packed records, made into bodies by the child."""
-        return list(self._call("send_packed", list(packs)))
+        return self.send_batches([packs])
+
+    def send_batches(self, batches: Sequence[Sequence[bytes]]) -> list[Refused]:
+        """Several batches of packed records in one call: one queue send
+        each, in the child (see :meth:`RecordSink.send_batches
+        <eventtrail.gateway.records.RecordSink.send_batches>`)."""
+        return list(self._call("send_batches", [list(packs) for packs in batches]))
 
     def receive(
         self, max_messages: int, *, visibility_timeout: float, wait_seconds: float = 0.0

@@ -13,7 +13,11 @@ the GIL. A keeper thread journals what a lull left in the buffer, every
 
 The sender thread sends frames to the queue in batches (the queue makes the
 records into event bodies itself when it runs in a process of its own), and,
-alongside, what waits in the spill file. A send that fails puts its bodies in
+alongside, what waits in the spill file. It wakes every ``flush_interval``,
+or as soon as :data:`BATCHES_PER_SEND` batches wait, and hands over all the
+batches waiting in one call (one queue send per batch still): each wake-up
+and each call hands the GIL to and fro with the event loop, and every
+request waits meanwhile. A send that fails puts its bodies in
 the spill file and the queue is tried again later (backing off); new events
 still go to the queue first once it answers.
 
@@ -63,6 +67,10 @@ log = logging.getLogger(__name__)
 #: events.
 DropReason = Literal["buffer_full", "too_large", "no_spill_file", "unreadable", "unencodable"]
 DROP_REASONS: tuple[DropReason, ...] = typing.get_args(DropReason)
+
+#: Batches (of ``batch_size`` events, one queue send each) handed to the
+#: queue in one call; past this many waiting, the sender is woken at once.
+BATCHES_PER_SEND = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +313,11 @@ class Publisher:
                 self._log_now("journal", logging.ERROR, "%s (events are sent, not journaled)", error)
         self._outbox.append(_Frame(number, packed, count))
         self._moved += count
-        if self._moved - self._released >= self.batch_size:
+        # Under load the sender wakes every flush_interval and sends what
+        # came meanwhile, several batches in one call to the queue; woken at
+        # every batch it handed the GIL back and forth with the event loop
+        # many times per batch, and each hand-over stalled every request.
+        if self._moved - self._released >= self.batch_size * BATCHES_PER_SEND:
             self._sender_wake.set()
 
     # -- the sender thread --------------------------------------------------
@@ -339,16 +351,20 @@ class Publisher:
             self._recover()
         if self._held and not self._deliver_held():
             return
-        # What is in the outbox now, in batches, one spill batch alongside each.
+        # What is in the outbox now, in batches (up to BATCHES_PER_SEND in
+        # one call to the queue), one spill batch alongside each call.
         remaining = len(self._outbox)
         while remaining:
-            frames: list[_Frame] = []
-            records = 0
-            while remaining and (not frames or records + self._outbox[0].records <= self.batch_size):
-                frames.append(self._outbox.popleft())
-                records += frames[-1].records
-                remaining -= 1
-            self._deliver(frames)
+            batches: list[list[_Frame]] = []
+            while remaining and len(batches) < BATCHES_PER_SEND:
+                frames: list[_Frame] = []
+                records = 0
+                while remaining and (not frames or records + self._outbox[0].records <= self.batch_size):
+                    frames.append(self._outbox.popleft())
+                    records += frames[-1].records
+                    remaining -= 1
+                batches.append(frames)
+            self._deliver(batches)
             if self._spill_pending() and self._queue_is_up():
                 self._drain_spill()
             if self._held:
@@ -356,14 +372,16 @@ class Publisher:
         if self._spill_pending() and self._queue_is_up():
             self._drain_spill()
 
-    def _deliver(self, frames: list[_Frame]) -> None:
-        """Send ``frames`` to the queue, or spill them; hold what neither took."""
+    def _deliver(self, batches: list[list[_Frame]]) -> None:
+        """Send the frames of ``batches`` to the queue (one send per batch),
+        or spill them; hold what neither took."""
+        frames = [frame for batch in batches for frame in batch]
         count = sum(frame.records for frame in frames)
         unsent: list[str] = []
         refused: list[Refused] = []
         if self._queue_is_up():
             try:
-                refused = self._sink.send_packed([frame.packed for frame in frames])
+                refused = self._sink.send_batches([[frame.packed for frame in batch] for batch in batches])
             except UnsentRecords as error:
                 self._queue_failed(error)
                 unsent, refused = error.bodies, error.refused

@@ -308,6 +308,13 @@ class RecordSink(Protocol):
         :class:`UnsentRecords` (with the bodies not sent) when the queue
         failed, any other error when even the bodies could not be made."""
 
+    def send_batches(self, batches: Sequence[Sequence[bytes]]) -> list[Refused]:
+        """:meth:`send_packed` for each batch of packs in turn (one queue send
+        each), in one call. Every body is made before the first send, so an
+        error other than :class:`UnsentRecords` means nothing was sent; an
+        :class:`UnsentRecords` holds the bodies of the batch that failed that
+        the queue did not take and those of every later batch."""
+
 
 class EncodingSink:
     """Any queue as a :class:`RecordSink`: makes the bodies here, then sends them."""
@@ -317,7 +324,18 @@ class EncodingSink:
         self.max_body_bytes = max_body_bytes
 
     def send_packed(self, packs: Sequence[bytes]) -> list[Refused]:
-        return self.send_records([record for packed in packs for record in unpack(packed)])
+        return self.send_batches([packs])
+
+    def send_batches(self, batches: Sequence[Sequence[bytes]]) -> list[Refused]:
+        made = [bodies_of([record for packed in packs for record in unpack(packed)]) for packs in batches]
+        refused: list[Refused] = []
+        for index, bodies in enumerate(made):
+            try:
+                refused += send_bodies(self.queue, bodies, self.max_body_bytes)
+            except UnsentRecords as error:
+                later = [body for batch in made[index + 1 :] for body in batch]
+                raise UnsentRecords(str(error), error.bodies + later, refused + error.refused) from error
+        return refused
 
     def send_records(self, records: Sequence[Record]) -> list[Refused]:
         return send_bodies(self.queue, bodies_of(records), self.max_body_bytes)
