@@ -10,7 +10,9 @@ fixed number of connections. Rounds alternate a, b, c, n so that the
 machine's noise falls on all of them alike; the figures are the medians of
 the rounds, and the ratios are also given per round. Targets: (c) keeps at
 least 90% of (b)'s throughput and adds under 0.5 ms to its p50 latency, and
-(c) serves at least half of nginx's (n) throughput.
+(c) serves at least half of nginx's (n) throughput. "Server CPU" is the
+serving processes' CPU time per request; the CPU of (c)'s queue process is
+given apart.
 
     .venv/bin/python benchmarks/gateway.py [--seconds 10] [--rounds 3] [--connections 32]
         [--workers N] [--only a,b,c,n]
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,6 +184,7 @@ class Load:
     errors: int
     requests: int = 0
     cpu_us_per_request: float = 0.0
+    helper_cpu_us_per_request: float = 0.0
 
 
 def _stat(pid: int) -> list[str]:
@@ -202,6 +206,18 @@ def serving_pids(pid: int, workers: int) -> list[int]:
     return [pid, *children]
 
 
+def child_pids(parents: list[int]) -> list[int]:
+    """The processes whose parent is one of ``parents`` (and not one of them):
+    the gateway's queue processes (and multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in parents:
+            with contextlib.suppress(OSError):
+                if int(_stat(int(entry.name))[1]) in parents:
+                    found.append(int(entry.name))
+    return found
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of processes so far (Linux /proc)."""
     total = 0
@@ -213,11 +229,44 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def measured(url: str, seconds: int, connections: int, pids: list[int]) -> Load:
-    """A wrk run, with the CPU time the serving processes spent per request."""
-    before = cpu_seconds(pids)
+    """A wrk run, with the CPU time the serving processes spent per request,
+    and apart from it their children's (the gateway's queue processes)."""
+    helpers = child_pids(pids)
+    before, helpers_before = cpu_seconds(pids), cpu_seconds(helpers)
     load = wrk(url, seconds, connections)
-    load.cpu_us_per_request = (cpu_seconds(pids) - before) / max(load.requests, 1) * 1e6
+    requests = max(load.requests, 1)
+    load.cpu_us_per_request = (cpu_seconds(pids) - before) / requests * 1e6
+    load.helper_cpu_us_per_request = (cpu_seconds(helpers) - helpers_before) / requests * 1e6
     return load
+
+
+def events_waiting(port: int) -> int:
+    """Events a gateway's publisher holds in memory (its ``/metrics``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.search(r"^eventtrail_gateway_events_buffered (\d+)", text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError("the gateway's metrics say nothing of buffered events")
+    return int(found[1])
+
+
+def drained(port: int, workers: int, timeout: float = 120.0) -> tuple[int, float]:
+    """Wait until the gateway on ``port`` holds no event in memory; return how
+    many it held when called and the seconds it took. With several workers
+    each answer comes from one of them: all are asked until ``workers``
+    answers in a row say none."""
+    started = time.monotonic()
+    waiting = events_waiting(port)
+    quiet = 0
+    while quiet < workers:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"the gateway still holds events after {timeout:.0f}s")
+        if events_waiting(port) == 0:
+            quiet += 1
+        else:
+            quiet = 0
+            time.sleep(0.1)
+    return waiting, time.monotonic() - started
 
 
 def load_average() -> str:
@@ -295,6 +344,7 @@ def main() -> None:
     ports = {name: free_port() for name in SETUPS}
     up = ports["a"]
     results: dict[str, list[Load]] = {name: [] for name in chosen}
+    backlogs: list[tuple[int, float]] = []
     loads: list[str] = [load_average()]
     with contextlib.ExitStack() as running:
         servers = {
@@ -330,6 +380,11 @@ def main() -> None:
             for name, url in urls.items():
                 serving = serving_pids(pids[name], 1 if name == "a" else workers)
                 results[name].append(measured(url, options.seconds, options.connections, serving))
+                if name == "c":
+                    # What the queue process has not sent yet is work of this
+                    # round: done before the next round, it is not taken
+                    # from another setup's.
+                    backlogs.append(drained(ports["c"], workers))
             loads.append(load_average())
         time.sleep(0.5)  # the last batch leaves the buffer within flush_interval
     events = queued_messages(data_dir / "on") if "c" in chosen else 0
@@ -361,6 +416,14 @@ def main() -> None:
             f"  p50 {median(name, 'p50_ms'):.2f} ms  p99 {median(name, 'p99_ms'):.2f} ms"
             f"  server CPU {median(name, 'cpu_us_per_request'):.0f} us/request  errors {errors}"
         )
+    if backlogs:
+        print(
+            "(c) events not yet sent at the end of each round: "
+            + ", ".join(f"{waiting:,} (sent {seconds:.1f}s later)" for waiting, seconds in backlogs)
+        )
+    if "c" in chosen:
+        queue_cpu = median("c", "helper_cpu_us_per_request")
+        print(f"(c) queue process CPU: {queue_cpu:.0f} us/request (not in its server CPU)")
     verdicts = []
     if {"b", "c"} <= set(chosen):
         c_over_b = median("c", "requests_per_second") / median("b", "requests_per_second")
