@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from eventtrail.embedded.rows import COLUMNS, Row, event_of, row_of
 from eventtrail.embedded.sqlite import (
     BUSY_TIMEOUT_MS,
     Failure,
@@ -84,8 +85,7 @@ DROP INDEX IF EXISTS events_by_source;
 # the index saves a sort per page (no temporary B-tree), whatever the size.
 _INDEXES = {"events_by_request_time", "events_by_type_time", "events_by_source_time"}
 
-_COLUMNS = "id, request_id, ts, type, source, data"
-_INSERT = f"INSERT INTO events (rowid, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO events (rowid, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _CHUNK = 500
 # The counter, or past the newest row when something else wrote rows.
 _NEXT_ROWID = (
@@ -104,23 +104,6 @@ _FORMER_READ_MODEL_TABLES = (
     "rm_meta",
 )
 
-_encode = msgspec.json.Encoder().encode
-_encode_sorted = msgspec.json.Encoder(order="sorted").encode
-_decode_data = msgspec.json.Decoder(dict[str, Any]).decode
-
-Row = tuple[str, str, str, str, str, str]
-
-
-def _row(event: Event) -> Row:
-    return (
-        event.id,
-        event.request_id,
-        event.timestamp,
-        event.type,
-        event.source,
-        _encode(event.data).decode(),
-    )
-
 
 def _numbered(first: int, rows: Sequence[Row]) -> list[tuple[int | str, ...]]:
     """``rows`` with their rowids, from ``first`` on.
@@ -130,18 +113,6 @@ def _numbered(first: int, rows: Sequence[Row]) -> list[tuple[int | str, ...]]:
     given twice would be passed over.
     """
     return [(first + index, *row) for index, row in enumerate(rows)]
-
-
-def _event(row: Row) -> Event:
-    event_id, request_id, ts, type_, source, data = row
-    return Event(
-        id=event_id,
-        request_id=request_id,
-        timestamp=ts,
-        type=type_,
-        source=source,
-        data=_decode_data(data),
-    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -163,7 +134,7 @@ def _fields_decoder(keys: tuple[str, ...]) -> Callable[[str], tuple[Any, ...]]:
 
 
 def _same_event(stored: Row, new: Row) -> bool:
-    return stored == new or same_event(_event(stored), _event(new))
+    return stored == new or same_event(event_of(stored), event_of(new))
 
 
 class SQLiteStore(Store):
@@ -247,7 +218,7 @@ class SQLiteStore(Store):
         self.read_models.close()
 
     def append(self, events: Sequence[Event]) -> list[AppendResult]:
-        rows = [_row(event) for event in events]
+        rows = [row_of(event) for event in events]
         with self._errors("cannot write to the store"), self._lock, write_transaction(self._db) as db:
             # Redeliveries are rare: insert optimistically, and compare with
             # what is stored only when the unique id says some are not new.
@@ -302,7 +273,7 @@ class SQLiteStore(Store):
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in db.execute(f"SELECT {_COLUMNS} FROM events WHERE id IN ({marks})", chunk):
+            for row in db.execute(f"SELECT {COLUMNS} FROM events WHERE id IN ({marks})", chunk):
                 found[row[0]] = row
         return found
 
@@ -312,9 +283,9 @@ class SQLiteStore(Store):
 
     def flow(self, request_id: str) -> list[Event]:
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM events WHERE request_id = ? ORDER BY ts, id", (request_id,)
+            f"SELECT {COLUMNS} FROM events WHERE request_id = ? ORDER BY ts, id", (request_id,)
         )
-        return [_event(row) for row in rows]
+        return [event_of(row) for row in rows]
 
     def _events(
         self,
@@ -343,11 +314,11 @@ class SQLiteStore(Store):
         order = "DESC" if newest_first else "ASC"
         parameters.append(limit)
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
+            f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
             f" ORDER BY ts {order}, id {order} LIMIT ?",
             parameters,
         )
-        return [_event(row) for row in rows]
+        return [event_of(row) for row in rows]
 
     def event_fields(
         self, type: str, keys: Sequence[str], *, since: datetime, until: datetime

@@ -43,6 +43,7 @@ from typing import Any
 
 import msgspec
 
+from eventtrail.embedded.rows import COLUMNS, Row, event_of
 from eventtrail.embedded.sqlite import (
     BUSY_TIMEOUT_MS,
     connect,
@@ -154,7 +155,6 @@ _CHUNK = 400
 _encode = msgspec.msgpack.Encoder().encode
 _decode_half = msgspec.msgpack.Decoder(OpenCall).decode
 _decode_state = msgspec.msgpack.Decoder(RequestState).decode
-_decode_data = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 def _create_tables(db: sqlite3.Connection) -> None:
@@ -175,6 +175,11 @@ def _hour_pieces(first: str, last: str) -> Iterator[tuple[str, str, str]]:
         if hour_last >= end:
             return
         moment = hour + timedelta(hours=1)
+
+
+def _time_order(row: Row) -> tuple[str, str]:
+    """``(ts, id)``: the order of the store's time indexes."""
+    return row[2], row[0]
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -443,25 +448,14 @@ class SQLiteReadModels(ReadModels):
         transaction; return how many were passed."""
         assert self._log is not None
         rows = self._log.execute(
-            "SELECT rowid, type, ts, id, request_id, source, data FROM events"
-            " WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
+            f"SELECT rowid, {COLUMNS} FROM events WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
             (position, newest, limit),
         ).fetchall()
         if not rows:
             return 0
         calls = frozenset(CALL_EVENT_TYPES)
-        events = [
-            Event(
-                id=event_id,
-                request_id=request_id,
-                timestamp=ts,
-                type=type_,
-                source=source,
-                data=_decode_data(data),
-            )
-            for _, type_, ts, event_id, request_id, source, data in rows
-            if type_ in calls
-        ]
+        # Only the call events are decoded (the fourth column is the type).
+        events = [event_of(row[1:]) for row in rows if row[4] in calls]
         if events:
             self._apply(events, counting_from=None)
         self._set_position(int(rows[-1][0]))
@@ -558,24 +552,14 @@ class SQLiteReadModels(ReadModels):
         assert self._log is not None
         streams = [
             self._log.execute(
-                "SELECT ts, id, request_id, type, source, data FROM events"
-                " WHERE type = ? AND ts >= ? AND rowid <= ? ORDER BY ts, id",
+                f"SELECT {COLUMNS} FROM events WHERE type = ? AND ts >= ? AND rowid <= ? ORDER BY ts, id",
                 (type_, since, newest),
             )
             for type_ in CALL_EVENT_TYPES
         ]
         batch: list[Event] = []
-        for ts, event_id, request_id, type_, source, data in heapq.merge(*streams):
-            batch.append(
-                Event(
-                    id=event_id,
-                    request_id=request_id,
-                    timestamp=ts,
-                    type=type_,
-                    source=source,
-                    data=_decode_data(data),
-                )
-            )
+        for row in heapq.merge(*streams, key=_time_order):
+            batch.append(event_of(row))
             if len(batch) >= _REPLAY_BATCH:
                 yield batch
                 batch = []
