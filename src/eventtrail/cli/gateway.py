@@ -26,6 +26,7 @@ from eventtrail.cli.common import (
 )
 from eventtrail.cli.render import plural, shown
 from eventtrail.config import Settings, open_queue, open_store, start_follower
+from eventtrail.processes import ignore_interrupts, start_shielded
 from eventtrail.queue import QueueError
 from eventtrail.retry import Backoff
 from eventtrail.store import StoreError
@@ -149,7 +150,7 @@ def _work(settings: Settings) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when to stop.
     # It says so with SIGTERM, not a process-shared event: such an event
     # hangs whoever sets it once a process waiting on it was killed.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_interrupts()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -201,7 +202,7 @@ class _WorkerSupervisor:
             if self._stopping.is_set():
                 return
             process = self._context.Process(target=_work, args=(self.settings,), name="eventtrail-worker")
-            process.start()
+            start_shielded(process)
             self._process, self._started_at = process, time.monotonic()
         err_console.print(f"worker: started (pid {process.pid})")
 

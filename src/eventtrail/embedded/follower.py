@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import signal
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Self
 
 from eventtrail.embedded.store import SQLiteStore
+from eventtrail.processes import ignore_interrupts, start_shielded
 from eventtrail.readmodels.follower import WAIT_BACKOFF, Follower
 
 __all__ = ["FollowerProcess"]
@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def _follow(connection: Connection, store_path: Path, busy_timeout_ms: int, log_level: int) -> None:
-    # Ctrl-C reaches the whole process group: the parent says when to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_interrupts()  # the parent says when to stop
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
 
@@ -77,13 +76,7 @@ class FollowerProcess:
             name="eventtrail-follower",
             daemon=True,
         )
-        # Blocked while the child imports, before it ignores SIGINT itself
-        # (the mask survives exec).
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        start_shielded(process)
         child.close()
         self._process, self._connection = process, parent
 

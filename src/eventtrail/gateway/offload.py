@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from typing import Any
 
 from eventtrail.config import Settings, open_queue
 from eventtrail.gateway.records import EncodingSink, Refused, UnsentRecords
+from eventtrail.processes import ignore_interrupts, start_shielded
 from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats
 from eventtrail.retry import Backoff
 
@@ -60,8 +60,7 @@ def _open(connection: Connection, settings: Settings) -> Queue | None:
 
 
 def _serve(connection: Connection, settings: Settings) -> None:
-    # Ctrl-C reaches the whole process group; the parent closes the pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_interrupts()  # the parent closes the pipe
     queue = _open(connection, settings)
     if queue is None:
         return
@@ -128,14 +127,8 @@ class ProcessQueue(Queue):
         process = self._context.Process(
             target=_serve, args=(child, self.settings), name="eventtrail-queue", daemon=True
         )
-        # Ctrl-C reaches the whole process group, the child too while it is
-        # still importing (before _serve ignores SIGINT): it starts with SIGINT
-        # blocked (the mask survives exec) and its parent closes the pipe.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        # The parent stops it by closing the pipe, never Ctrl-C.
+        start_shielded(process)
         child.close()
         self._process, self._connection = process, parent
         self._open = False

@@ -32,6 +32,7 @@ from eventtrail.gateway.offload import ProcessQueue
 from eventtrail.gateway.proxy import GatewayApp, build_app
 from eventtrail.gateway.publisher import Publisher, PublisherCounts
 from eventtrail.gateway.spill import SpillFile
+from eventtrail.processes import ignore_interrupts, start_shielded
 from eventtrail.queue import Queue
 from eventtrail.retry import Backoff
 from eventtrail.web.server import bind, port_unavailable
@@ -537,7 +538,7 @@ def _worker_main(
     prepare_app: Callable[[GatewayApp], None] | None,
 ) -> None:
     """A worker process: its own socket on the shared port, its own publisher."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_interrupts()
     _stop_with_parent(parent)
     sock = listening_socket(host, port)
     counts = _serve_here(
@@ -604,7 +605,7 @@ class _Workers:
             ),
             name=f"eventtrail-gateway-{worker}",
         )
-        process.start()
+        start_shielded(process)
         sending.close()
         self._processes[worker], self._reports[worker] = process, receiving
         self._started[worker] = time.monotonic()
