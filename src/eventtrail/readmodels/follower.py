@@ -35,7 +35,7 @@ class Follower:
 
     ``run`` loops in the calling thread; ``start`` runs it in a daemon
     thread, ``stop`` asks it to finish the batch it is folding and waits for
-    it. The events it folded and the outages it waited out are counted.
+    it. The events it folded are counted.
     """
 
     def __init__(
@@ -49,16 +49,14 @@ class Follower:
         self.idle_seconds = idle_seconds
         self.backoff = backoff
         self.folded = 0
-        self.outages = 0
-        self.failure: StoreError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Catch up, wait while idle, again, until ``stop`` (or :meth:`stop`)
         is set; then catch up once more, so that what was stored before the
-        stop is folded. Returns early, with :attr:`failure` set, on a read
-        model file that no wait can help (corrupt, or of another shape)."""
+        stop is folded. Returns early, logging why, on a read-model file that
+        no wait can help (corrupt, or of another shape)."""
         stop = stop or self._stop
         retries = 0
         while True:
@@ -68,14 +66,12 @@ class Follower:
             except TransientStoreError as error:
                 retries += 1
                 if retries == 1:
-                    self.outages += 1
                     log.warning("cannot update the read models yet (%s); retrying with backoff", error)
                 if stopping or self._wait(stop, self.backoff.delay(retries)):
                     log.warning("stopped with read models behind the store: the next follower catches up")
                     return
                 continue
             except StoreError as error:
-                self.failure = error
                 log.error("the read models are not kept up to date: %s", error)
                 return
             if retries:
