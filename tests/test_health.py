@@ -13,7 +13,7 @@ from eventtrail.calls import call_error, call_request, call_response
 from eventtrail.demo import SERVICE_A, SERVICE_B, demo_flows
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import Event
-from eventtrail.health import HealthThresholds, service_health
+from eventtrail.health import HealthThresholds, service_health, service_health_since
 from eventtrail.ids import uuid7_str
 from eventtrail.store import Store, format_moment
 from tests.cli import run
@@ -174,6 +174,26 @@ def test_percentiles_and_window_bounds(store: Store) -> None:
     assert a.baseline_calls == 1
     assert report.window_seconds == 900.0
     assert report.until == format_moment(UNTIL)
+
+
+def test_health_since_a_moment_counts_every_call_from_it_across_a_minute_boundary(store: Store) -> None:
+    # A run that starts 5 s before a minute and ends 5 s after it: a window
+    # of its length counted back from the rounded-up end would miss the first
+    # five seconds; counted from the start it misses nothing.
+    started = UNTIL - timedelta(seconds=5)
+    store.append(calls("B", [10.0] * 10, start=started, failures=["500"] * 5))
+    store.append(calls("B", [10.0], start=started - timedelta(minutes=1)))  # the baseline
+    ended = UNTIL + timedelta(seconds=5)
+    report = service_health_since(store, started, until=ended)
+    assert (report.since, report.until) == (
+        format_moment(UNTIL - timedelta(minutes=1)),
+        format_moment(UNTIL + timedelta(minutes=1)),
+    )
+    b = report.services[0]
+    assert (b.calls, b.errors, b.baseline_calls) == (10, 5, 1)
+    assert service_health(store, ended - started, until=ended).services[0].calls == 5
+    with pytest.raises(ValueError, match="before"):
+        service_health_since(store, ended + timedelta(minutes=2), until=ended)
 
 
 def test_edges_count_calls_per_caller(store: Store) -> None:

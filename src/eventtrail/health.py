@@ -51,6 +51,7 @@ __all__ = [
     "ServiceHealth",
     "ServiceStatus",
     "service_health",
+    "service_health_since",
 ]
 
 ServiceStatus = Literal["ok", "faulty", "too few calls"]
@@ -386,5 +387,28 @@ def service_health(
         since=since,
         until=end,
         baseline_since=baseline_since,
+        thresholds=thresholds or HealthThresholds(),
+    )
+
+
+def service_health_since(
+    store: Store,
+    since: datetime,
+    *,
+    until: datetime | None = None,
+    thresholds: HealthThresholds | None = None,
+) -> HealthReport:
+    """Health of every service called from ``since`` to ``until`` (default:
+    now), over the whole minutes that cover both (``since`` rounded down,
+    ``until`` up), with the window before it as the latency baseline."""
+    end = minute_ceiling(until or datetime.now(UTC))
+    start = minute_floor(since)
+    if start >= end:
+        raise ValueError("since must be before until")
+    return _analyse(
+        read_models_of(store),
+        since=start,
+        until=end,
+        baseline_since=minute_floor(moment_before(start, end - start)),
         thresholds=thresholds or HealthThresholds(),
     )

@@ -24,7 +24,7 @@ from eventtrail.gateway.config import GatewayConfig, parse_gateway_config
 from eventtrail.gateway.proxy import build_app as build_gateway
 from eventtrail.gateway.publisher import PublisherCounts
 from eventtrail.gateway.serve import GatewayServer, open_publisher
-from eventtrail.health import HealthReport, service_health
+from eventtrail.health import HealthReport, service_health_since
 from eventtrail.ingest import IngestCounts
 from eventtrail.queue import Queue
 from eventtrail.store import Store
@@ -180,8 +180,7 @@ class DemoStack:
 
     def health(self) -> HealthReport:
         """Service health over the time since the demo started."""
-        now = datetime.now(UTC)
-        return service_health(self._store, now - self.started_at, until=now)
+        return service_health_since(self._store, self.started_at)
 
     def stop(self) -> DemoTotals:
         """Stop the gateway (flushing its events, or reading nginx's log to
