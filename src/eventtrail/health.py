@@ -134,9 +134,9 @@ class _Tally:
     def __init__(self) -> None:
         self.calls = 0
         self.failures = [0] * len(FAILURE_KINDS)
-        # Sketches are merged when a quantile is first asked for: a walk
-        # back over a faulty service's buckets mostly needs counts only.
-        self._parts: list[LatencySketch] = []
+        # Sketches are read and merged when a quantile is first asked for:
+        # a walk back over a faulty service's buckets mostly needs counts only.
+        self._parts: list[Rollup] = []
         self._merged: LatencySketch | None = None
 
     @property
@@ -148,18 +148,18 @@ class _Tally:
         if self._merged is None:
             merged = LatencySketch()
             for part in self._parts:
-                merged.merge(part)
+                merged.merge(part.sketch)
             self._merged = merged
             self._parts = []
         return self._merged
 
-    def add(self, calls: int, failures: Iterable[int], sketch: LatencySketch) -> None:
-        self.calls += calls
-        self.failures = [mine + theirs for mine, theirs in zip(self.failures, failures, strict=True)]
+    def add(self, rollup: Rollup) -> None:
+        self.calls += rollup.calls
+        self.failures = [mine + theirs for mine, theirs in zip(self.failures, rollup.failures, strict=True)]
         if self._merged is not None:
-            self._merged.merge(sketch)
+            self._merged.merge(rollup.sketch)
         else:
-            self._parts.append(sketch)
+            self._parts.append(rollup)
 
     def failures_by_kind(self) -> dict[str, int]:
         return dict(zip(FAILURE_KINDS, self.failures, strict=True))
@@ -175,8 +175,8 @@ class _Calls:
             if not rollup.calls:
                 continue
             edge = self.edges.setdefault((caller, service), _Tally())
-            edge.add(rollup.calls, rollup.failures, rollup.sketch)
-            self.services.setdefault(service, _Tally()).add(rollup.calls, rollup.failures, rollup.sketch)
+            edge.add(rollup)
+            self.services.setdefault(service, _Tally()).add(rollup)
 
 
 def _milliseconds(value: float) -> str:
@@ -280,7 +280,7 @@ def _per_bucket(rows: Iterable[tuple[RollupKey, Rollup]]) -> dict[RollupKey, _Ta
     merged: dict[RollupKey, _Tally] = {}
     for key, rollup in rows:
         bucket = RollupKey(key.step, key.bucket, "", key.service, "")
-        merged.setdefault(bucket, _Tally()).add(rollup.calls, rollup.failures, rollup.sketch)
+        merged.setdefault(bucket, _Tally()).add(rollup)
     return merged
 
 

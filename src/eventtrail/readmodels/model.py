@@ -246,14 +246,32 @@ class Rollup:
     """Calls of one rollup row: how many, how many failed and how, and their
     latencies. A delta may hold negative numbers (a call moved away)."""
 
-    __slots__ = ("calls", "failures", "sketch")
+    __slots__ = ("_sketch", "_stored_sketch", "calls", "failures")
 
     def __init__(
         self, calls: int = 0, failures: Sequence[int] | None = None, sketch: LatencySketch | None = None
     ) -> None:
         self.calls = calls
         self.failures: list[int] = list(failures) if failures is not None else [0] * len(FAILURE_KINDS)
-        self.sketch = sketch if sketch is not None else LatencySketch()
+        self._sketch: LatencySketch | None = sketch if sketch is not None else LatencySketch()
+        self._stored_sketch = b""
+
+    @classmethod
+    def stored(cls, calls: int, failures: Sequence[int], sketch: bytes) -> Rollup:
+        """A row as stored, its sketch (the :meth:`LatencySketch.to_bytes`
+        form) read back when first asked for: a walk back over many rows
+        mostly needs their counts only."""
+        rollup = cls(calls, failures)
+        rollup._sketch = None
+        rollup._stored_sketch = sketch
+        return rollup
+
+    @property
+    def sketch(self) -> LatencySketch:
+        if self._sketch is None:
+            self._sketch = LatencySketch.from_bytes(self._stored_sketch)
+            self._stored_sketch = b""
+        return self._sketch
 
     @property
     def errors(self) -> int:

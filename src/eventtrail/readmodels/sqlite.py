@@ -596,7 +596,7 @@ class SQLiteReadModels(ReadModels):
             [
                 (
                     RollupKey(step, row[0], row[2], row[1], row[3]),
-                    Rollup(row[4], row[5 : 5 + width], LatencySketch.from_bytes(row[5 + width])),
+                    Rollup.stored(row[4], row[5 : 5 + width], row[5 + width]),
                 )
                 for row in rows
             ]
