@@ -62,8 +62,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# One test process per core (two on CI), at most four.
 unit: setup browser gateways
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses 4
 
 test: lint typecheck unit
 
