@@ -31,6 +31,7 @@ either way.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -39,7 +40,7 @@ import msgspec
 
 from eventtrail.readmodels.model import FAILURE_KINDS, Rollup, RollupKey, minute_ceiling, minute_floor
 from eventtrail.readmodels.port import ReadModels, read_models_of
-from eventtrail.readmodels.sketch import LatencySketch
+from eventtrail.readmodels.sketch import SketchSum
 from eventtrail.store import Store
 from eventtrail.times import format_duration, format_moment, moment_before, moment_of
 
@@ -129,37 +130,52 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 class _Tally:
     """Calls of one service (or of one caller to one service)."""
 
-    __slots__ = ("_merged", "_parts", "calls", "failures")
+    __slots__ = ("_parts", "_sum", "_tallies", "calls", "failures")
 
     def __init__(self) -> None:
         self.calls = 0
         self.failures = [0] * len(FAILURE_KINDS)
-        # Sketches are read and merged when a quantile is first asked for:
-        # a walk back over a faulty service's buckets mostly needs counts only.
+        # Latencies are summed when a quantile is first asked for: a walk
+        # back over a faulty service's buckets mostly needs counts only.
         self._parts: list[Rollup] = []
-        self._merged: LatencySketch | None = None
+        self._tallies: list[_Tally] = []
+        self._sum: SketchSum | None = None
 
     @property
     def errors(self) -> int:
         return sum(self.failures)
 
-    @property
-    def sketch(self) -> LatencySketch:
-        if self._merged is None:
-            merged = LatencySketch()
+    def latencies(self) -> SketchSum:
+        if self._sum is None:
+            self._sum = SketchSum()
             for part in self._parts:
-                merged.merge(part.sketch)
-            self._merged = merged
-            self._parts = []
-        return self._merged
+                part.add_to(self._sum)
+            for tally in self._tallies:
+                self._sum.add_sum(tally.latencies())
+            self._parts, self._tallies = [], []
+        return self._sum
+
+    def quantiles(self, *qs: float) -> list[float | None]:
+        return self.latencies().quantiles(*qs)
 
     def add(self, rollup: Rollup) -> None:
-        self.calls += rollup.calls
-        self.failures = [mine + theirs for mine, theirs in zip(self.failures, rollup.failures, strict=True)]
-        if self._merged is not None:
-            self._merged.merge(rollup.sketch)
+        self._count(rollup.calls, rollup.failures)
+        if self._sum is not None:
+            rollup.add_to(self._sum)
         else:
             self._parts.append(rollup)
+
+    def add_tally(self, tally: _Tally) -> None:
+        """Add the calls of ``tally`` (its latencies are summed once, for both)."""
+        self._count(tally.calls, tally.failures)
+        if self._sum is not None:
+            self._sum.add_sum(tally.latencies())
+        else:
+            self._tallies.append(tally)
+
+    def _count(self, calls: int, failures: list[int]) -> None:
+        self.calls += calls
+        self.failures = list(map(operator.add, self.failures, failures))
 
     def failures_by_kind(self) -> dict[str, int]:
         return dict(zip(FAILURE_KINDS, self.failures, strict=True))
@@ -172,11 +188,10 @@ class _Calls:
         self.edges: dict[tuple[str, str], _Tally] = {}
         self.services: dict[str, _Tally] = {}
         for (caller, service, _), rollup in models.rollups(since, until).items():
-            if not rollup.calls:
-                continue
-            edge = self.edges.setdefault((caller, service), _Tally())
-            edge.add(rollup)
-            self.services.setdefault(service, _Tally()).add(rollup)
+            if rollup.calls:
+                self.edges.setdefault((caller, service), _Tally()).add(rollup)
+        for (_, service), edge in self.edges.items():
+            self.services.setdefault(service, _Tally()).add_tally(edge)
 
 
 def _milliseconds(value: float) -> str:
@@ -209,9 +224,9 @@ def _judge(
     thresholds: HealthThresholds,
     window: timedelta,
 ) -> ServiceHealth:
-    p50, p95, p99 = tally.sketch.quantiles(0.5, 0.95, 0.99)
+    p50, p95, p99 = tally.quantiles(0.5, 0.95, 0.99)
     baseline_calls = baseline.calls if baseline else 0
-    baseline_p95 = baseline.sketch.quantile(0.95) if baseline else None
+    baseline_p95 = baseline.quantiles(0.95)[0] if baseline else None
     errors = tally.errors
     rate = errors / tally.calls if tally.calls else 0.0
     failures = tally.failures_by_kind()
@@ -250,37 +265,42 @@ def _judge(
     )
 
 
-def _bucket_holds(tally: _Tally, health: ServiceHealth, thresholds: HealthThresholds) -> bool:
+def _bucket_holds(bucket: Rollup, health: ServiceHealth, thresholds: HealthThresholds) -> bool:
     """Whether a faulty service's rule held on one bucket's calls."""
-    if _failing(tally.calls, tally.errors, thresholds):
+    if _failing(bucket.calls, bucket.errors, thresholds):
         return True
     return health.baseline_calls >= thresholds.min_calls and _slower(
-        tally.sketch.quantile(0.95), health.baseline_p95_ms, thresholds
+        bucket.quantiles(0.95)[0], health.baseline_p95_ms, thresholds
     )
 
 
 def _run_start(
-    rows: Iterable[tuple[RollupKey, _Tally]], health: ServiceHealth, thresholds: HealthThresholds
+    rows: Iterable[tuple[RollupKey, Rollup]], health: ServiceHealth, thresholds: HealthThresholds
 ) -> RollupKey | None:
     """The earliest bucket of the last run in which the rule held, walking
     back from the newest bucket (buckets without calls neither break nor
     extend a run)."""
     earliest: RollupKey | None = None
-    for key, tally in sorted(rows, key=lambda row: row[0].bucket, reverse=True):
-        if not tally.calls:
+    for key, bucket in sorted(rows, key=lambda row: row[0].bucket, reverse=True):
+        if not bucket.calls:
             continue
-        if not _bucket_holds(tally, health, thresholds):
+        if not _bucket_holds(bucket, health, thresholds):
             break
         earliest = key
     return earliest
 
 
-def _per_bucket(rows: Iterable[tuple[RollupKey, Rollup]]) -> dict[RollupKey, _Tally]:
-    """Rows of several callers merged per (step, bucket)."""
-    merged: dict[RollupKey, _Tally] = {}
+def _per_bucket(rows: Iterable[tuple[RollupKey, Rollup]]) -> dict[RollupKey, Rollup]:
+    """Rows of several callers merged per (step, bucket) (the rows are
+    read for this call: merged in place)."""
+    merged: dict[RollupKey, Rollup] = {}
     for key, rollup in rows:
         bucket = RollupKey(key.step, key.bucket, "", key.service, "")
-        merged.setdefault(bucket, _Tally()).add(rollup)
+        found = merged.get(bucket)
+        if found is None:
+            merged[bucket] = rollup
+        else:
+            found.merge(rollup)
     return merged
 
 
@@ -302,7 +322,7 @@ def _faulty_since(
 
 def _edges(edges: dict[tuple[str, str], _Tally]) -> Iterable[ServiceEdge]:
     for (source, service), tally in sorted(edges.items()):
-        p50, p95 = tally.sketch.quantiles(0.5, 0.95)
+        p50, p95 = tally.quantiles(0.5, 0.95)
         yield ServiceEdge(
             source=source,
             service=service,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,8 +48,8 @@ def test_the_compact_form_reads_back_the_same_sketch(values: list[float]) -> Non
     sketch = LatencySketch.of([*values, 0.0])
     raw = sketch.to_bytes()
     assert LatencySketch.from_bytes(raw) == sketch
-    # A few bytes per bucket.
-    assert len(raw) <= 24 + 14 * len(sketch.counts)
+    # A few bytes per bucket: a run of fields is written only when dense.
+    assert len(raw) <= 40 + 16 * len(sketch.counts)
     merged = LatencySketch.from_bytes(LatencySketch.merge_bytes(raw, LatencySketch.of(values[:3]).to_bytes()))
     expected = LatencySketch.of([*values, 0.0, *values[:3]])
     assert merged == expected
@@ -103,6 +104,106 @@ def test_a_sum_of_stored_forms_is_the_merged_sketch(parts: list[list[list[float]
     assert total.sketch() == expected
 
 
+@given(latencies, latencies, st.integers(min_value=0, max_value=400), st.booleans())
+def test_merging_stored_forms_is_merging_sketches(
+    stored: list[float], added: list[float], taken: int, zeros: bool
+) -> None:
+    """What the database's merge function writes for a stored row and a
+    delta (calls added, and calls of the row moved away) reads back as the
+    merged sketch, whichever forms the row and the delta have."""
+    row = LatencySketch.of(stored + ([0.0, 0.0] if zeros else []))
+    delta = LatencySketch.of(added)
+    for value in stored[:taken]:
+        delta.add(value, -1)
+    expected = LatencySketch.of(stored + ([0.0, 0.0] if zeros else []))
+    expected.merge(delta)
+    merged = LatencySketch.merge_bytes(row.to_bytes(), delta.to_bytes())
+    assert LatencySketch.from_bytes(merged) == expected
+    assert LatencySketch.merge_bytes(merged, LatencySketch().to_bytes()) == merged
+
+
+@given(
+    st.lists(latencies, min_size=1, max_size=5),
+    st.integers(0, 3),
+    st.lists(quantiles, min_size=1, max_size=4),
+)
+def test_quantiles_of_a_sum_are_those_of_the_merged_sketch(
+    parts: list[list[float]], zeros: int, qs: list[float]
+) -> None:
+    total = SketchSum()
+    expected = LatencySketch()
+    for part in parts:
+        sketch = LatencySketch.of(part + [0.0] * zeros)
+        total.add(sketch.to_bytes())
+        expected.merge(sketch)
+    assert total.quantiles(*qs) == expected.quantiles(*qs)
+    assert SketchSum().quantiles(*qs) == [None] * len(qs)
+
+
+@given(st.lists(st.lists(latencies, min_size=1, max_size=3), min_size=1, max_size=4))
+def test_sums_of_sums_are_the_merged_sketch(groups: list[list[list[float]]]) -> None:
+    total = SketchSum()
+    expected = LatencySketch()
+    for group in groups:
+        partial = SketchSum()
+        for part in group:
+            sketch = LatencySketch.of(part)
+            partial.add(sketch.to_bytes())
+            expected.merge(sketch)
+        total.add_sum(partial)
+    assert total.sketch() == expected
+
+
 def test_a_sum_refuses_what_is_not_a_stored_sketch() -> None:
     with pytest.raises(ValueError, match="not a latency sketch"):
         SketchSum().add(b"\xc1")
+    # A run placed beyond any latency's bucket, or of partial fields.
+    for first, run in ((2**40, b"\x01\x00\x00\x00"), (0, b"\x01\x00")):
+        raw = msgspec.msgpack.encode(([], None, None, first, 1, run))
+        with pytest.raises(ValueError, match="not a latency sketch"):
+            SketchSum().add(raw)
+        with pytest.raises(ValueError, match="not a latency sketch"):
+            LatencySketch.from_bytes(raw)
+
+
+@given(latencies)
+def test_forms_written_before_runs_existed_still_read_and_sum(values: list[float]) -> None:
+    sketch = LatencySketch.of([*values, 0.0])
+    older = msgspec.msgpack.encode((sorted(sketch.counts.items()), sketch.low, sketch.high))
+    assert LatencySketch.from_bytes(older) == sketch
+    total = SketchSum()
+    total.add(older)
+    total.add(sketch.to_bytes())
+    doubled = LatencySketch.of([*values, 0.0])
+    doubled.merge(sketch)
+    assert total.sketch() == doubled
+    assert LatencySketch.from_bytes(LatencySketch.merge_bytes(older, sketch.to_bytes())) == doubled
+
+
+def test_dense_latencies_are_stored_as_a_run_and_sparse_ones_as_pairs() -> None:
+    dense = LatencySketch.of([10.0 + n / 10 for n in range(1000)])
+    *_, total, run = msgspec.msgpack.decode(dense.to_bytes())
+    assert total == 1000 and len(run) > 0
+    sparse = LatencySketch.of([0.01, 60_000.0])
+    pairs, *_, run = msgspec.msgpack.decode(sparse.to_bytes())
+    assert len(pairs) == 2 and run == b""
+
+
+def test_a_sum_past_a_fields_range_stays_exact() -> None:
+    """Runs whose counts add up beyond 32 bits are read back before a field
+    could carry into the next one."""
+    big = LatencySketch()
+    big.add(5.0, 2**31)
+    big.add(5.1, 3)
+    total = SketchSum()
+    for _ in range(5):
+        total.add(big.to_bytes())
+    expected = LatencySketch()
+    for _ in range(5):
+        expected.merge(big)
+    assert total.sketch() == expected
+    assert total.sketch().count == 5 * (2**31 + 3)
+    # A single sketch beyond a field's range is stored as pairs.
+    huge = LatencySketch()
+    huge.add(5.0, 2**33)
+    assert LatencySketch.from_bytes(huge.to_bytes()) == huge

@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from eventtrail.calls import ERROR_KINDS
-from eventtrail.readmodels.sketch import LatencySketch
+from eventtrail.readmodels.sketch import LatencySketch, SketchSum
 from eventtrail.times import format_moment, moment_of
 
 __all__ = [
@@ -246,7 +246,7 @@ class Rollup:
     """Calls of one rollup row: how many, how many failed and how, and their
     latencies. A delta may hold negative numbers (a call moved away)."""
 
-    __slots__ = ("_sketch", "_stored_sketch", "calls", "failures")
+    __slots__ = ("_sketch", "_stored", "calls", "failures")
 
     def __init__(
         self, calls: int = 0, failures: Sequence[int] | None = None, sketch: LatencySketch | None = None
@@ -254,24 +254,46 @@ class Rollup:
         self.calls = calls
         self.failures: list[int] = list(failures) if failures is not None else [0] * len(FAILURE_KINDS)
         self._sketch: LatencySketch | None = sketch if sketch is not None else LatencySketch()
-        self._stored_sketch = b""
+        #: Stored sketches not read yet (while ``_sketch`` is ``None``).
+        self._stored: list[bytes] = []
 
     @classmethod
-    def stored(cls, calls: int, failures: Sequence[int], sketch: bytes) -> Rollup:
-        """A row as stored, its sketch (the :meth:`LatencySketch.to_bytes`
-        form) read back when first asked for: a walk back over many rows
-        mostly needs their counts only."""
+    def stored(cls, calls: int, failures: Sequence[int], *sketches: bytes) -> Rollup:
+        """Stored rows' calls, their sketches (the :meth:`LatencySketch.to_bytes`
+        form) read when first asked for: a walk back over many rows mostly
+        needs their counts only, and rows merged before then are summed in
+        their stored form."""
         rollup = cls(calls, failures)
         rollup._sketch = None
-        rollup._stored_sketch = sketch
+        rollup._stored = list(sketches)
         return rollup
 
     @property
     def sketch(self) -> LatencySketch:
         if self._sketch is None:
-            self._sketch = LatencySketch.from_bytes(self._stored_sketch)
-            self._stored_sketch = b""
+            self._sketch = self._summed().sketch()
+            self._stored = []
         return self._sketch
+
+    def _summed(self) -> SketchSum:
+        total = SketchSum()
+        for raw in self._stored:
+            total.add(raw)
+        return total
+
+    def add_to(self, total: SketchSum) -> None:
+        """Add this row's latencies to ``total``."""
+        if self._sketch is None:
+            for raw in self._stored:
+                total.add(raw)
+        else:
+            total.add_sketch(self._sketch)
+
+    def quantiles(self, *qs: float) -> list[float | None]:
+        """:meth:`LatencySketch.quantiles` of the calls' latencies."""
+        if self._sketch is None:
+            return self._summed().quantiles(*qs)
+        return self._sketch.quantiles(*qs)
 
     @property
     def errors(self) -> int:
@@ -287,13 +309,19 @@ class Rollup:
     def merge(self, other: Rollup) -> None:
         self.calls += other.calls
         self.failures = [mine + theirs for mine, theirs in zip(self.failures, other.failures, strict=True)]
-        self.sketch.merge(other.sketch)
+        if self._sketch is None and other._sketch is None:
+            self._stored = self._stored + other._stored
+        else:
+            self.sketch.merge(other.sketch)
 
     def failures_by_kind(self) -> dict[str, int]:
         return dict(zip(FAILURE_KINDS, self.failures, strict=True))
 
     def is_empty(self) -> bool:
-        return not self.calls and not any(self.failures) and not self.sketch
+        if self._sketch is None:
+            # Stored rows hold no negative count: no calls, no latencies.
+            return not self.calls and not any(self.failures)
+        return not self.calls and not any(self.failures) and not self._sketch
 
     def __eq__(self, other: object) -> bool:
         return (

@@ -16,12 +16,24 @@ A sketch also keeps bounds of its values (``low``, ``high``: the smallest and
 largest value added), and clamps quantiles into them, as DDSketch
 implementations do: a set of equal latencies reads back exactly. A delta that
 takes values away leaves the bounds as they were: they stay bounds.
+
+The stored form (:meth:`LatencySketch.to_bytes`) holds a sketch's counts as
+one run of 32-bit fields, one per bucket from its lowest to its highest, when
+most buckets of that run are used: a sum of many stored rows
+(:class:`SketchSum`, what a reader over a long window does) is then one
+integer addition per row, done in C, instead of one dictionary update per
+bucket. Sparse sketches and deltas (negative counts) keep (bucket, count)
+pairs.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from itertools import accumulate, compress
 
 import msgspec
 
@@ -39,7 +51,22 @@ _LOG_GAMMA = math.log(_GAMMA)
 _ZERO = -(2**31)
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(tuple[list[tuple[int, int]], float | None, float | None]).decode
+#: The stored form: the (bucket, count) pairs outside the run, the bounds,
+#: then the run: its first bucket, the sum of its counts and its fields.
+_Stored = tuple[list[tuple[int, int]], float | None, float | None, int, int, bytes]
+_decode_stored = msgspec.msgpack.Decoder(_Stored).decode
+#: The form written before runs existed: pairs and bounds only (still read).
+_decode_pairs = msgspec.msgpack.Decoder(tuple[list[tuple[int, int]], float | None, float | None]).decode
+#: msgpack's marker of a 6-element array: the first byte of every stored form.
+_STORED_MARKER = 0x96
+
+#: A field of the run: an unsigned 32-bit count, little-endian.
+_FIELD_BITS = 32
+_FIELD_MAX = 2**_FIELD_BITS - 1
+#: A run is written when at least this share of its fields is used.
+_RUN_DENSITY = 0.25
+#: Beyond the bucket key of any finite number of milliseconds.
+_MAX_KEY = 2**16
 
 
 def bucket_of(value: float) -> int:
@@ -187,10 +214,23 @@ class LatencySketch:
         return found
 
     def to_bytes(self) -> bytes:
-        """A compact form: msgpack of the (bucket key, count) pairs in key
-        order (one sketch, one form; small integers take one byte), and the
-        bounds."""
-        return _encode((sorted(self.counts.items()), self.low, self.high))
+        """The stored form (one sketch, one form): the buckets as a run of
+        fields when they are dense and none is negative, else as (bucket,
+        count) pairs in key order; then the bounds."""
+        counts = self.counts
+        real = [key for key in counts if key != _ZERO]
+        if real and all(count > 0 for count in counts.values()):
+            first, last = min(real), max(real)
+            total = sum(counts[key] for key in real)
+            if len(real) >= _RUN_DENSITY * (last - first + 1) and total <= _FIELD_MAX:
+                fields = array("I", bytes(4 * (last - first + 1)))
+                for key in real:
+                    fields[key - first] = counts[key]
+                if sys.byteorder != "little":
+                    fields.byteswap()
+                pairs = [(_ZERO, counts[_ZERO])] if _ZERO in counts else []
+                return _encode((pairs, self.low, self.high, first, total, fields.tobytes()))
+        return _encode((sorted(counts.items()), self.low, self.high, 0, 0, b""))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LatencySketch:
@@ -205,62 +245,214 @@ class LatencySketch:
         """``stored`` with ``delta`` merged in, both in the :meth:`to_bytes`
         form, without building sketches (what a database's merge function
         runs on every upsert)."""
-        counts, low, high = _read(stored)
-        delta_counts, delta_low, delta_high = _read(delta)
-        for key, count in delta_counts.items():
-            total = counts.get(key, 0) + count
-            if total:
-                counts[key] = total
-            else:
-                counts.pop(key, None)
-        if delta_low is not None and (low is None or delta_low < low):
-            low = delta_low
-        if delta_high is not None and (high is None or delta_high > high):
-            high = delta_high
-        return _encode((sorted(counts.items()), low, high))
+        total = SketchSum()
+        total.add(stored)
+        total.add(delta)
+        return total.to_bytes()
 
 
 class SketchSum:
-    """The sum of many serialised sketches (the :meth:`LatencySketch.to_bytes`
+    """The sum of many stored sketches (the :meth:`LatencySketch.to_bytes`
     form), read without building a sketch per form: what a reader over a
-    long window runs on every row it reads."""
+    long window runs on every row it reads. Runs of fields are added as one
+    integer each (their fields line up once shifted to a common first
+    bucket); the sum is read back into buckets before a field could carry
+    into its neighbour."""
 
-    __slots__ = ("counts", "high", "low")
+    __slots__ = ("_first", "_run", "_run_total", "counts", "high", "low")
 
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
         self.low: float | None = None
         self.high: float | None = None
+        self._run = 0
+        self._first = 0
+        self._run_total = 0
 
     def add(self, raw: bytes) -> None:
         """Add the sketch ``raw``; a :class:`ValueError` if it is not one."""
-        try:
-            pairs, low, high = _decode(raw)
-        except msgspec.DecodeError as error:
-            raise ValueError(f"not a latency sketch: {error}") from None
-        counts = self.counts
-        get = counts.get
-        for key, count in pairs:
-            counts[key] = get(key, 0) + count
+        pairs, low, high, first, total, run = _decode(raw)
+        if run:
+            self._add_run(first, total, run)
+        if pairs:
+            counts = self.counts
+            get = counts.get
+            for key, count in pairs:
+                counts[key] = get(key, 0) + count
         if low is not None and (self.low is None or low < self.low):
             self.low = low
         if high is not None and (self.high is None or high > self.high):
             self.high = high
 
+    def add_sum(self, other: SketchSum) -> None:
+        """Add everything ``other`` holds."""
+        if other._run_total:
+            self._add_run_value(other._first, other._run_total, other._run)
+        counts = self.counts
+        for key, count in other.counts.items():
+            counts[key] = counts.get(key, 0) + count
+        if other.low is not None and (self.low is None or other.low < self.low):
+            self.low = other.low
+        if other.high is not None and (self.high is None or other.high > self.high):
+            self.high = other.high
+
+    def _add_run(self, first: int, total: int, run: bytes) -> None:
+        if not 0 < total <= _FIELD_MAX:
+            raise ValueError("not a latency sketch: a run's total is out of range")
+        self._add_run_value(first, total, int.from_bytes(run, "little"))
+
+    def _add_run_value(self, first: int, total: int, value: int) -> None:
+        if self._run_total + total > _FIELD_MAX:
+            self._flush()
+        if not self._run_total:
+            self._run, self._first = value, first
+        elif first >= self._first:
+            self._run += value << (_FIELD_BITS * (first - self._first))
+        else:
+            self._run = (self._run << (_FIELD_BITS * (self._first - first))) + value
+            self._first = first
+        self._run_total += total
+
+    def _flush(self) -> None:
+        """Move the run's sum into :attr:`counts`."""
+        if not self._run_total:
+            return
+        for key, count in _run_counts(self._first, self._run).items():
+            self.counts[key] = self.counts.get(key, 0) + count
+        self._run = self._run_total = 0
+
+    def add_sketch(self, sketch: LatencySketch) -> None:
+        """Add a sketch already read."""
+        counts = self.counts
+        for key, count in sketch.counts.items():
+            counts[key] = counts.get(key, 0) + count
+        if sketch.low is not None and (self.low is None or sketch.low < self.low):
+            self.low = sketch.low
+        if sketch.high is not None and (self.high is None or sketch.high > self.high):
+            self.high = sketch.high
+
+    def quantiles(self, *qs: float) -> list[float | None]:
+        """:meth:`LatencySketch.quantiles` of the sum; read on the run of
+        fields itself (a cumulative sum and a binary search per quantile,
+        done in C) when its only other bucket is the zero bucket."""
+        counts = self.counts
+        if not self._run_total or any(key != _ZERO or count < 0 for key, count in counts.items()):
+            return self.sketch().quantiles(*qs)
+        if any(not 0 <= q <= 1 for q in qs):
+            raise ValueError("a quantile is between 0 and 1")
+        run = self._run
+        fields = array("I", run.to_bytes(-(-run.bit_length() // _FIELD_BITS) * 4, "little"))
+        if sys.byteorder != "little":
+            fields.byteswap()
+        zeros = counts.get(_ZERO, 0)
+        cumulative = list(accumulate(fields, initial=zeros))
+        total = cumulative[-1]
+        found: list[float | None] = []
+        for q in qs:
+            rank = max(math.ceil(q * total), 1)
+            estimate = 0.0 if rank <= zeros else value_of(self._first + bisect_left(cumulative, rank) - 1)
+            if self.low is not None:
+                estimate = max(estimate, self.low)
+            if self.high is not None:
+                estimate = min(estimate, self.high)
+            found.append(estimate)
+        return found
+
     def sketch(self) -> LatencySketch:
+        self._flush()
         sketch = LatencySketch(low=self.low, high=self.high)
         sketch.counts = {key: count for key, count in self.counts.items() if count}
         return sketch
 
+    def to_bytes(self) -> bytes:
+        """The stored form of the sum: its run with the other buckets folded
+        in when the result is a dense run of counts in range (the common
+        case of a stored row and a delta), else as a sketch writes it."""
+        folded = self._folded() if self._run_total else None
+        return folded if folded is not None else self.sketch().to_bytes()
 
-def _read(raw: bytes) -> tuple[dict[int, int], float | None, float | None]:
+    def _folded(self) -> bytes | None:
+        run = self._run
+        fields = array("I", run.to_bytes(-(-run.bit_length() // _FIELD_BITS) * 4, "little"))
+        if sys.byteorder != "little":
+            fields.byteswap()
+        first, total = self._first, self._run_total
+        pairs = []
+        for key, count in self.counts.items():
+            if key == _ZERO:
+                if count < 0:
+                    return None
+                if count:
+                    pairs.append((key, count))
+                continue
+            if key < first:
+                fields[:0] = array("I", bytes(4 * (first - key)))
+                first = key
+            elif key - first >= len(fields):
+                fields.extend(array("I", bytes(4 * (key - first - len(fields) + 1))))
+            value = fields[key - first] + count
+            if not 0 <= value <= _FIELD_MAX:
+                return None
+            fields[key - first] = value
+            total += count
+        # Fields a delta emptied at either end are not written.
+        while fields and not fields[-1]:
+            fields.pop()
+        empty = 0
+        while empty < len(fields) and not fields[empty]:
+            empty += 1
+        if not fields or not 0 < total <= _FIELD_MAX:
+            return None
+        if len(fields) - fields.count(0) < _RUN_DENSITY * (len(fields) - empty):
+            return None
+        if sys.byteorder != "little":
+            fields.byteswap()
+        return _encode((pairs, self.low, self.high, first + empty, total, fields[empty:].tobytes()))
+
+
+def _run_counts(first: int, run: int) -> dict[int, int]:
+    """The buckets of a run of fields (an integer whose fields are counts)."""
+    if run <= 0:
+        return {}
+    return _field_counts(first, run.to_bytes(-(-run.bit_length() // _FIELD_BITS) * 4, "little"))
+
+
+def _field_counts(first: int, run: bytes) -> dict[int, int]:
+    """The buckets of a run of fields as stored."""
+    fields = array("I", run)
+    if sys.byteorder != "little":
+        fields.byteswap()
+    keys = range(first, first + len(fields))
+    return dict(zip(compress(keys, fields), compress(fields, fields), strict=True))
+
+
+def _decode(raw: bytes) -> _Stored:
     try:
-        counts, low, high = _decode(raw)
+        if raw[:1] == bytes([_STORED_MARKER]):
+            stored: _Stored = _decode_stored(raw)
+            first, run = stored[3], stored[5]
+            # Every finite latency's bucket is within these keys.
+            if len(run) % 4 or not -_MAX_KEY <= first <= first + len(run) // 4 <= _MAX_KEY:
+                raise ValueError("not a latency sketch: a run out of range")
+            return stored
+        pairs, low, high = _decode_pairs(raw)
     except msgspec.DecodeError as error:
         raise ValueError(f"not a latency sketch: {error}") from None
+    return pairs, low, high, 0, 0, b""
+
+
+def _read(raw: bytes) -> tuple[dict[int, int], float | None, float | None]:
+    pairs, low, high, first, total, run = _decode(raw)
+    if run:
+        if not 0 < total <= _FIELD_MAX:
+            raise ValueError("not a latency sketch: a run's total is out of range")
+        found = _field_counts(first, run)
+        for key, count in pairs:
+            found[key] = found.get(key, 0) + count
+    else:
+        found = dict(pairs)
     # Stored forms hold no zero counts: the dict is built in C, and filtered
     # only when a hand-made form holds some.
-    found = dict(counts)
     if 0 in found.values():
         found = {key: count for key, count in found.items() if count}
     return found, low, high

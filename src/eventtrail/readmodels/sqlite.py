@@ -33,6 +33,7 @@ lock; the primitives never take it (they run under it).
 from __future__ import annotations
 
 import heapq
+import operator
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -68,7 +69,7 @@ from eventtrail.readmodels.model import (
     cover,
 )
 from eventtrail.readmodels.port import CALL_EVENT_TYPES, Edge, Progress, ReadModels, Replay, RequestPage
-from eventtrail.readmodels.sketch import LatencySketch, SketchSum
+from eventtrail.readmodels.sketch import LatencySketch
 from eventtrail.times import format_moment, moment_of
 
 __all__ = ["SQLiteReadModels", "read_models_path"]
@@ -707,7 +708,7 @@ class SQLiteReadModels(ReadModels):
         self, table: str, ranges: list[tuple[str, str, str]], service: str | None
     ) -> dict[Edge, Rollup]:
         counts: dict[Edge, list[int]] = {}
-        sketches: dict[Edge, SketchSum] = {}
+        sketches: dict[Edge, list[bytes]] = {}
         width = len(FAILURE_KINDS)
         for step, first, last in ranges:
             sql = (
@@ -722,14 +723,14 @@ class SQLiteReadModels(ReadModels):
                 edge = (row[0], row[1], row[2])
                 found = counts.get(edge)
                 if found is None:
-                    found = counts[edge] = [0] * (1 + width)
-                    sketches[edge] = SketchSum()
-                for index in range(1 + width):
-                    found[index] += row[3 + index]
-                sketches[edge].add(row[4 + width])
+                    counts[edge] = list(row[3 : 4 + width])
+                    sketches[edge] = [row[4 + width]]
+                else:
+                    counts[edge] = list(map(operator.add, found, row[3 : 4 + width]))
+                    sketches[edge].append(row[4 + width])
         totals: dict[Edge, Rollup] = {}
         for edge, found in counts.items():
-            rollup = Rollup(found[0], found[1:], sketches[edge].sketch())
+            rollup = Rollup.stored(found[0], found[1:], *sketches[edge])
             if not rollup.is_empty():
                 totals[edge] = rollup
         return totals
