@@ -154,6 +154,36 @@ def test_sums_of_sums_are_the_merged_sketch(groups: list[list[list[float]]]) -> 
     assert total.sketch() == expected
 
 
+@given(st.lists(latencies, min_size=2, max_size=6), st.data())
+def test_an_hour_less_some_of_its_minutes_is_the_sum_of_the_others(
+    minutes: list[list[float]], data: st.DataObject
+) -> None:
+    hour = LatencySketch()
+    for values in minutes:
+        hour.merge(LatencySketch.of(values))
+    taken = data.draw(st.sets(st.integers(0, len(minutes) - 1)))
+    total = SketchSum()
+    total.add(hour.to_bytes())
+    expected = LatencySketch()
+    for index, values in enumerate(minutes):
+        if index in taken:
+            total.subtract(LatencySketch.of(values).to_bytes())
+        else:
+            expected.merge(LatencySketch.of(values))
+    assert total.sketch().counts == expected.counts
+    # The bounds are the hour's: still bounds of what is left.
+    assert (total.low, total.high) == (hour.low, hour.high)
+
+
+def test_taking_away_what_was_not_added_is_an_error_not_a_wrong_answer() -> None:
+    for taken in ([15.0] * 50, [25.0], [5.0]):
+        total = SketchSum()
+        total.add(LatencySketch.of([10.0 + n / 10 for n in range(100)]).to_bytes())
+        total.subtract(LatencySketch.of(taken).to_bytes())
+        with pytest.raises(ValueError, match="eventtrail rebuild"):
+            total.quantiles(0.5)
+
+
 def test_a_sum_refuses_what_is_not_a_stored_sketch() -> None:
     with pytest.raises(ValueError, match="not a latency sketch"):
         SketchSum().add(b"\xc1")

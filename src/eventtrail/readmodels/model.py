@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple
 
@@ -242,6 +242,11 @@ class RollupKey(NamedTuple):
     """An :func:`operation_name`, or :data:`ALL_OPERATIONS`."""
 
 
+#: A latency sketch as a backend stored it (the :meth:`LatencySketch.to_bytes`
+#: form), a sum of such, or what fetches it when needed.
+StoredSketch = bytes | SketchSum | Callable[[], bytes]
+
+
 class Rollup:
     """Calls of one rollup row: how many, how many failed and how, and their
     latencies. A delta may hold negative numbers (a call moved away)."""
@@ -255,15 +260,17 @@ class Rollup:
         self.failures: list[int] = list(failures) if failures is not None else [0] * len(FAILURE_KINDS)
         self._sketch: LatencySketch | None = sketch if sketch is not None else LatencySketch()
         #: Stored sketches not read yet (while ``_sketch`` is ``None``).
-        self._stored: list[bytes] = []
+        self._stored: list[StoredSketch] = []
 
     @classmethod
-    def stored(cls, calls: int, failures: Sequence[int], *sketches: bytes) -> Rollup:
+    def stored(cls, calls: int, failures: Sequence[int], *sketches: StoredSketch) -> Rollup:
         """Stored rows' calls, their sketches (the :meth:`LatencySketch.to_bytes`
-        form) read when first asked for: a walk back over many rows mostly
-        needs their counts only, and rows merged before then are summed in
-        their stored form."""
-        rollup = cls(calls, failures)
+        form, sums of such forms, or what fetches the form) read when first
+        asked for: a walk back over many rows mostly needs their counts
+        only, and rows merged before then are summed in their stored form."""
+        rollup = cls.__new__(cls)
+        rollup.calls = calls
+        rollup.failures = list(failures)
         rollup._sketch = None
         rollup._stored = list(sketches)
         return rollup
@@ -277,15 +284,19 @@ class Rollup:
 
     def _summed(self) -> SketchSum:
         total = SketchSum()
-        for raw in self._stored:
-            total.add(raw)
+        self.add_to(total)
         return total
 
     def add_to(self, total: SketchSum) -> None:
         """Add this row's latencies to ``total``."""
         if self._sketch is None:
-            for raw in self._stored:
-                total.add(raw)
+            for part in self._stored:
+                if isinstance(part, bytes):
+                    total.add(part)
+                elif isinstance(part, SketchSum):
+                    total.add_sum(part)
+                else:
+                    total.add(part())
         else:
             total.add_sketch(self._sketch)
 

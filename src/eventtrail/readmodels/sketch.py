@@ -67,6 +67,10 @@ _FIELD_MAX = 2**_FIELD_BITS - 1
 _RUN_DENSITY = 0.25
 #: Beyond the bucket key of any finite number of milliseconds.
 _MAX_KEY = 2**16
+_MISMATCH = (
+    "latency sketches that do not add up (a minute row is not part of its hour row):"
+    " the read models are damaged; run `eventtrail rebuild`"
+)
 
 
 def bucket_of(value: float) -> int:
@@ -296,6 +300,24 @@ class SketchSum:
         if other.high is not None and (self.high is None or other.high > self.high):
             self.high = other.high
 
+    def subtract(self, raw: bytes) -> None:
+        """Take away the stored sketch ``raw``, part of what was added (a
+        minute row out of its hour row); the bounds stay as they were: they
+        stay bounds."""
+        pairs, _, _, first, total, run = _decode(raw)
+        counts = self.counts
+        if run:
+            if not 0 < total <= _FIELD_MAX:
+                raise ValueError("not a latency sketch: a run's total is out of range")
+            if total <= self._run_total and first >= self._first:
+                self._run -= int.from_bytes(run, "little") << (_FIELD_BITS * (first - self._first))
+                self._run_total -= total
+            else:
+                for key, count in _field_counts(first, run).items():
+                    counts[key] = counts.get(key, 0) - count
+        for key, count in pairs:
+            counts[key] = counts.get(key, 0) - count
+
     def _add_run(self, first: int, total: int, run: bytes) -> None:
         if not 0 < total <= _FIELD_MAX:
             raise ValueError("not a latency sketch: a run's total is out of range")
@@ -313,12 +335,29 @@ class SketchSum:
             self._first = first
         self._run_total += total
 
+    def _fields(self) -> array[int]:
+        """The run's fields. A subtraction of what was not added would have
+        borrowed from a neighbouring field: the fields would no longer add
+        up to the run's total."""
+        run = self._run
+        if run < 0:
+            raise ValueError(_MISMATCH)
+        fields = array("I", run.to_bytes(-(-run.bit_length() // _FIELD_BITS) * 4, "little"))
+        if sys.byteorder != "little":
+            fields.byteswap()
+        if sum(fields) != self._run_total:
+            raise ValueError(_MISMATCH)
+        return fields
+
     def _flush(self) -> None:
         """Move the run's sum into :attr:`counts`."""
-        if not self._run_total:
+        if not self._run_total and not self._run:
             return
-        for key, count in _run_counts(self._first, self._run).items():
-            self.counts[key] = self.counts.get(key, 0) + count
+        counts = self.counts
+        fields = self._fields()
+        keys = range(self._first, self._first + len(fields))
+        for key, count in zip(compress(keys, fields), compress(fields, fields), strict=True):
+            counts[key] = counts.get(key, 0) + count
         self._run = self._run_total = 0
 
     def add_sketch(self, sketch: LatencySketch) -> None:
@@ -337,13 +376,13 @@ class SketchSum:
         done in C) when its only other bucket is the zero bucket."""
         counts = self.counts
         if not self._run_total or any(key != _ZERO or count < 0 for key, count in counts.items()):
-            return self.sketch().quantiles(*qs)
+            sketch = self.sketch()
+            if any(count < 0 for count in sketch.counts.values()):
+                raise ValueError(_MISMATCH)
+            return sketch.quantiles(*qs)
         if any(not 0 <= q <= 1 for q in qs):
             raise ValueError("a quantile is between 0 and 1")
-        run = self._run
-        fields = array("I", run.to_bytes(-(-run.bit_length() // _FIELD_BITS) * 4, "little"))
-        if sys.byteorder != "little":
-            fields.byteswap()
+        fields = self._fields()
         zeros = counts.get(_ZERO, 0)
         cumulative = list(accumulate(fields, initial=zeros))
         total = cumulative[-1]
@@ -372,10 +411,7 @@ class SketchSum:
         return folded if folded is not None else self.sketch().to_bytes()
 
     def _folded(self) -> bytes | None:
-        run = self._run
-        fields = array("I", run.to_bytes(-(-run.bit_length() // _FIELD_BITS) * 4, "little"))
-        if sys.byteorder != "little":
-            fields.byteswap()
+        fields = self._fields()
         first, total = self._first, self._run_total
         pairs = []
         for key, count in self.counts.items():
@@ -408,13 +444,6 @@ class SketchSum:
         if sys.byteorder != "little":
             fields.byteswap()
         return _encode((pairs, self.low, self.high, first + empty, total, fields[empty:].tobytes()))
-
-
-def _run_counts(first: int, run: int) -> dict[int, int]:
-    """The buckets of a run of fields (an integer whose fields are counts)."""
-    if run <= 0:
-        return {}
-    return _field_counts(first, run.to_bytes(-(-run.bit_length() // _FIELD_BITS) * 4, "little"))
 
 
 def _field_counts(first: int, run: bytes) -> dict[int, int]:

@@ -32,6 +32,7 @@ lock; the primitives never take it (they run under it).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import operator
 import sqlite3
@@ -40,7 +41,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -68,8 +69,16 @@ from eventtrail.readmodels.model import (
     RollupKey,
     cover,
 )
-from eventtrail.readmodels.port import CALL_EVENT_TYPES, Edge, Progress, ReadModels, Replay, RequestPage
-from eventtrail.readmodels.sketch import LatencySketch
+from eventtrail.readmodels.port import (
+    CALL_EVENT_TYPES,
+    Edge,
+    Progress,
+    ReadModels,
+    ReadModelsOutdated,
+    Replay,
+    RequestPage,
+)
+from eventtrail.readmodels.sketch import LatencySketch, SketchSum
 from eventtrail.times import format_moment, moment_of
 
 __all__ = ["SQLiteReadModels", "read_models_path"]
@@ -178,6 +187,46 @@ def _hour_pieces(first: str, last: str) -> Iterator[tuple[str, str, str]]:
         moment = hour + timedelta(hours=1)
 
 
+class _Sketches:
+    """The sketches of the rows one read found, fetched together when the
+    first of them is asked for: a walk back over many rows mostly needs
+    their counts only (and a row's sketch is its biggest column)."""
+
+    def __init__(self, models: SQLiteReadModels, sql: str, parameters: list[object]) -> None:
+        self._models = models
+        self._sql = sql
+        self._parameters = parameters
+        self._found: dict[tuple[str, str, str, str], bytes] | None = None
+
+    def of(self, key: tuple[str, str, str, str]) -> bytes:
+        """The sketch of the row of ``(bucket, service, caller, operation)``
+        (empty if the row is gone since: a rebuild)."""
+        if self._found is None:
+            models = self._models
+            with models._guard("cannot read the read models"), models._lock:
+                self._found = {
+                    (bucket, service, caller, operation): sketch
+                    for bucket, service, caller, operation, sketch in models._db.execute(
+                        self._sql, self._parameters
+                    )
+                }
+        return self._found.get(key, _EMPTY_SKETCH)
+
+
+_EMPTY_SKETCH = LatencySketch().to_bytes()
+
+
+class _Piece(NamedTuple):
+    """Rollup rows of ``step`` with ``first <= bucket <= last``, less the
+    minute rows of each ``(first, last)`` of ``outside`` (an hour row read
+    for part of its hour)."""
+
+    step: str
+    first: str
+    last: str
+    outside: tuple[tuple[str, str], ...] = ()
+
+
 def _time_order(row: Row) -> tuple[str, str]:
     """``(ts, id)``: the order of the store's time indexes."""
     return row[2], row[0]
@@ -219,7 +268,8 @@ class SQLiteReadModels(ReadModels):
         self.path = path
         self.log_path = log_path
         self.read_only = read_only
-        self._lock = threading.Lock()
+        # Reentrant: a row's sketch may be fetched while a reader holds it.
+        self._lock = threading.RLock()
         self._store_guard = guard
         with guard("cannot open the read models", path):
             if read_only:
@@ -578,26 +628,28 @@ class SQLiteReadModels(ReadModels):
         self, step: str, first: str, last: str, *, service: str | None, operations: bool
     ) -> Iterator[tuple[RollupKey, Rollup]]:
         table = "rm_operation_rollups" if operations else "rm_service_rollups"
-        sql = (
-            f"SELECT bucket, service, caller, operation, calls, {_FAILURE_COLUMNS}, sketch FROM {table}"
-            " WHERE step = ? AND bucket >= ? AND bucket <= ?"
-        )
+        where = " WHERE step = ? AND bucket >= ? AND bucket <= ?"
         parameters: list[object] = [step, first, last]
         if service is not None:
-            sql += " AND service = ?"
+            where += " AND service = ?"
             parameters.append(service)
         try:
-            rows = self._db.execute(sql, parameters).fetchall()
+            rows = self._db.execute(
+                f"SELECT bucket, service, caller, operation, calls, {_FAILURE_COLUMNS} FROM {table}{where}",
+                parameters,
+            ).fetchall()
         except sqlite3.OperationalError:
             if self._holds_events() or self._has_tables():
                 raise
             return iter(())
-        width = len(FAILURE_KINDS)
+        sketches = _Sketches(
+            self, f"SELECT bucket, service, caller, operation, sketch FROM {table}{where}", parameters
+        )
         return iter(
             [
                 (
                     RollupKey(step, row[0], row[2], row[1], row[3]),
-                    Rollup.stored(row[4], row[5 : 5 + width], row[5 + width]),
+                    Rollup.stored(row[4], row[5:], functools.partial(sketches.of, row[:4])),
                 )
                 for row in rows
             ]
@@ -650,41 +702,43 @@ class SQLiteReadModels(ReadModels):
     ) -> dict[Edge, Rollup]:
         """As the port's, reading fewer rows: a partial hour at an edge of the
         window is read as its hour row when no stored minute row of that hour
-        lies outside the window (a window that ends now; one indexed count
-        decides), and rows are summed without building a sketch per row."""
+        lies outside the window (a window that ends now), or as its hour row
+        less the minutes outside when those are fewer than the minutes inside
+        (one indexed count decides); rows are summed without building a
+        sketch per row. An hour row is the sum of its minute rows, so the
+        totals are the same; the latency bounds of an hour read less some of
+        its minutes are the hour's (wider than the window's: still bounds)."""
         with self._guard("cannot read the read models"), self._lock:
             self.check()
             table = "rm_operation_rollups" if operations else "rm_service_rollups"
             try:
-                ranges = [
+                parts = [
                     part
                     for step, first, last in cover(since, until)
                     for part in (
-                        [(step, first, last)]
+                        [_Piece(step, first, last)]
                         if step == "1h"
                         else self._cheapest_minutes(table, first, last, service)
                     )
                 ]
-                return self._summed(table, ranges, service)
+                return self._summed(table, parts, service)
             except sqlite3.OperationalError:
                 if self._holds_events() or self._has_tables():
                     raise
                 return {}
 
-    def _cheapest_minutes(
-        self, table: str, first: str, last: str, service: str | None
-    ) -> list[tuple[str, str, str]]:
-        """``(step, first, last)`` ranges whose sum is the minute rows
-        of ``[first, last]``: an hour's row instead of its minutes when every
-        stored minute of the hour is in the range."""
-        parts: list[tuple[str, str, str]] = []
+    def _cheapest_minutes(self, table: str, first: str, last: str, service: str | None) -> list[_Piece]:
+        """Pieces whose sum is the minute rows of ``[first, last]``: per hour,
+        its minutes, or its hour row less the minutes outside the range,
+        whichever reads fewer rows."""
+        parts: list[_Piece] = []
         for hour, start, end in _hour_pieces(first, last):
             hour_end = hour[:14] + "59:00.000000Z"
             if start == hour and end == hour_end:
-                parts.append(("1h", hour, hour))
+                parts.append(_Piece("1h", hour, hour))
                 continue
             if start == end:
-                parts.append(("1m", start, end))
+                parts.append(_Piece("1m", start, end))
                 continue
             sql = (
                 f"SELECT count(*), coalesce(sum(bucket >= ? AND bucket <= ?), 0) FROM {table}"
@@ -695,45 +749,77 @@ class SQLiteReadModels(ReadModels):
                 sql += " AND service = ?"
                 parameters.append(service)
             stored, inside = self._db.execute(sql, parameters).fetchone()
-            # The hour row is the sum of its minute rows, bounds included,
-            # when none of them is outside the window (taking rows away
-            # would leave the latency bounds of the whole hour).
+            # The hour rows to read instead, about: edges called every minute
+            # have 60 minute rows each (a wrong guess costs rows, not totals).
+            edges = -(-stored // 60)
             if stored == inside and inside > 1:
-                parts.append(("1h", hour, hour))
+                # No stored minute of the hour is outside (a window that ends now).
+                parts.append(_Piece("1h", hour, hour))
+            elif stored - inside + edges < inside:
+                before = format_moment(moment_of(start) - timedelta(minutes=1))
+                after = format_moment(moment_of(end) + timedelta(minutes=1))
+                outside = [(hour, before)] if start > hour else []
+                outside += [(after, hour_end)] if end < hour_end else []
+                parts.append(_Piece("1h", hour, hour, tuple(outside)))
             else:
-                parts.append(("1m", start, end))
+                parts.append(_Piece("1m", start, end))
         return parts
 
-    def _summed(
-        self, table: str, ranges: list[tuple[str, str, str]], service: str | None
-    ) -> dict[Edge, Rollup]:
+    def _summed(self, table: str, parts: list[_Piece], service: str | None) -> dict[Edge, Rollup]:
         counts: dict[Edge, list[int]] = {}
-        sketches: dict[Edge, list[bytes]] = {}
-        width = len(FAILURE_KINDS)
-        for step, first, last in ranges:
-            sql = (
-                f"SELECT caller, service, operation, calls, {_FAILURE_COLUMNS}, sketch FROM {table}"
-                " WHERE step = ? AND bucket >= ? AND bucket <= ?"
-            )
-            parameters: list[object] = [step, first, last]
-            if service is not None:
-                sql += " AND service = ?"
-                parameters.append(service)
-            for row in self._db.execute(sql, parameters):
-                edge = (row[0], row[1], row[2])
-                found = counts.get(edge)
-                if found is None:
-                    counts[edge] = list(row[3 : 4 + width])
-                    sketches[edge] = [row[4 + width]]
+        sketches: dict[Edge, list[bytes | SketchSum]] = {}
+        for part in parts:
+            rows = self._rows(table, part.step, part.first, part.last, service)
+            if part.outside:
+                # An hour less some of its minutes: taken away from that
+                # hour's own row, whose fields hold them.
+                trimmed = {edge: (found, SketchSum()) for edge, found, _ in rows}
+                for edge, _, sketch in rows:
+                    trimmed[edge][1].add(sketch)
+                for first, last in part.outside:
+                    for edge, found, sketch in self._rows(table, "1m", first, last, service):
+                        if edge not in trimmed:
+                            raise ReadModelsOutdated(
+                                "the read models are damaged (a minute row without its hour row):"
+                                " run `eventtrail rebuild`"
+                            )
+                        kept, total = trimmed[edge]
+                        trimmed[edge] = (list(map(operator.sub, kept, found)), total)
+                        total.subtract(sketch)
+                rows = [(edge, found, total) for edge, (found, total) in trimmed.items()]
+            for edge, found, sketch in rows:
+                so_far = counts.get(edge)
+                if so_far is None:
+                    counts[edge] = found
+                    sketches[edge] = [sketch]
                 else:
-                    counts[edge] = list(map(operator.add, found, row[3 : 4 + width]))
-                    sketches[edge].append(row[4 + width])
+                    counts[edge] = list(map(operator.add, so_far, found))
+                    sketches[edge].append(sketch)
         totals: dict[Edge, Rollup] = {}
         for edge, found in counts.items():
             rollup = Rollup.stored(found[0], found[1:], *sketches[edge])
             if not rollup.is_empty():
                 totals[edge] = rollup
         return totals
+
+    def _rows(
+        self, table: str, step: str, first: str, last: str, service: str | None
+    ) -> list[tuple[Edge, list[int], Any]]:
+        """``(edge, [calls, failures...], sketch)`` of the rows of ``step``
+        with ``first <= bucket <= last``."""
+        sql = (
+            f"SELECT caller, service, operation, calls, {_FAILURE_COLUMNS}, sketch FROM {table}"
+            " WHERE step = ? AND bucket >= ? AND bucket <= ?"
+        )
+        parameters: list[object] = [step, first, last]
+        if service is not None:
+            sql += " AND service = ?"
+            parameters.append(service)
+        width = len(FAILURE_KINDS)
+        return [
+            ((row[0], row[1], row[2]), list(row[3 : 4 + width]), row[4 + width])
+            for row in self._db.execute(sql, parameters)
+        ]
 
     def buckets(
         self,
