@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple
 
@@ -243,8 +243,8 @@ class RollupKey(NamedTuple):
 
 
 #: A latency sketch as a backend stored it (the :meth:`LatencySketch.to_bytes`
-#: form), a sum of such, or what fetches it when needed.
-StoredSketch = bytes | SketchSum | Callable[[], bytes]
+#: form), or a sum of such.
+StoredSketch = bytes | SketchSum
 
 
 class Rollup:
@@ -265,9 +265,9 @@ class Rollup:
     @classmethod
     def stored(cls, calls: int, failures: Sequence[int], *sketches: StoredSketch) -> Rollup:
         """Stored rows' calls, their sketches (the :meth:`LatencySketch.to_bytes`
-        form, sums of such forms, or what fetches the form) read when first
-        asked for: a walk back over many rows mostly needs their counts
-        only, and rows merged before then are summed in their stored form."""
+        form, or sums of such forms) read when first asked for: a walk back
+        over many rows mostly needs their counts only, and rows merged
+        before then are summed in their stored form."""
         rollup = cls.__new__(cls)
         rollup.calls = calls
         rollup.failures = list(failures)
@@ -293,10 +293,8 @@ class Rollup:
             for part in self._stored:
                 if isinstance(part, bytes):
                     total.add(part)
-                elif isinstance(part, SketchSum):
-                    total.add_sum(part)
                 else:
-                    total.add(part())
+                    total.add_sum(part)
         else:
             total.add_sketch(self._sketch)
 

@@ -32,7 +32,6 @@ lock; the primitives never take it (they run under it).
 
 from __future__ import annotations
 
-import functools
 import heapq
 import operator
 import sqlite3
@@ -187,35 +186,6 @@ def _hour_pieces(first: str, last: str) -> Iterator[tuple[str, str, str]]:
         moment = hour + timedelta(hours=1)
 
 
-class _Sketches:
-    """The sketches of the rows one read found, fetched together when the
-    first of them is asked for: a walk back over many rows mostly needs
-    their counts only (and a row's sketch is its biggest column)."""
-
-    def __init__(self, models: SQLiteReadModels, sql: str, parameters: list[object]) -> None:
-        self._models = models
-        self._sql = sql
-        self._parameters = parameters
-        self._found: dict[tuple[str, str, str, str], bytes] | None = None
-
-    def of(self, key: tuple[str, str, str, str]) -> bytes:
-        """The sketch of the row of ``(bucket, service, caller, operation)``
-        (empty if the row is gone since: a rebuild)."""
-        if self._found is None:
-            models = self._models
-            with models._guard("cannot read the read models"), models._lock:
-                self._found = {
-                    (bucket, service, caller, operation): sketch
-                    for bucket, service, caller, operation, sketch in models._db.execute(
-                        self._sql, self._parameters
-                    )
-                }
-        return self._found.get(key, _EMPTY_SKETCH)
-
-
-_EMPTY_SKETCH = LatencySketch().to_bytes()
-
-
 class _Piece(NamedTuple):
     """Rollup rows of ``step`` with ``first <= bucket <= last``, less the
     minute rows of each ``(first, last)`` of ``outside`` (an hour row read
@@ -268,8 +238,7 @@ class SQLiteReadModels(ReadModels):
         self.path = path
         self.log_path = log_path
         self.read_only = read_only
-        # Reentrant: a row's sketch may be fetched while a reader holds it.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._store_guard = guard
         with guard("cannot open the read models", path):
             if read_only:
@@ -635,21 +604,19 @@ class SQLiteReadModels(ReadModels):
             parameters.append(service)
         try:
             rows = self._db.execute(
-                f"SELECT bucket, service, caller, operation, calls, {_FAILURE_COLUMNS} FROM {table}{where}",
+                f"SELECT bucket, service, caller, operation, calls, {_FAILURE_COLUMNS}, sketch"
+                f" FROM {table}{where}",
                 parameters,
             ).fetchall()
         except sqlite3.OperationalError:
             if self._holds_events() or self._has_tables():
                 raise
             return iter(())
-        sketches = _Sketches(
-            self, f"SELECT bucket, service, caller, operation, sketch FROM {table}{where}", parameters
-        )
         return iter(
             [
                 (
                     RollupKey(step, row[0], row[2], row[1], row[3]),
-                    Rollup.stored(row[4], row[5:], functools.partial(sketches.of, row[:4])),
+                    Rollup.stored(row[4], row[5:-1], row[-1]),
                 )
                 for row in rows
             ]
