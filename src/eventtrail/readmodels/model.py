@@ -40,6 +40,7 @@ __all__ = [
     "Rollup",
     "RollupKey",
     "SeriesPoint",
+    "StoredSketch",
     "bucket_start",
     "cover",
     "failure_kind",

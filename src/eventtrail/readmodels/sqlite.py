@@ -66,6 +66,7 @@ from eventtrail.readmodels.model import (
     RequestSummary,
     Rollup,
     RollupKey,
+    StoredSketch,
     cover,
 )
 from eventtrail.readmodels.port import (
@@ -597,17 +598,8 @@ class SQLiteReadModels(ReadModels):
         self, step: str, first: str, last: str, *, service: str | None, operations: bool
     ) -> Iterator[tuple[RollupKey, Rollup]]:
         table = "rm_operation_rollups" if operations else "rm_service_rollups"
-        where = " WHERE step = ? AND bucket >= ? AND bucket <= ?"
-        parameters: list[object] = [step, first, last]
-        if service is not None:
-            where += " AND service = ?"
-            parameters.append(service)
         try:
-            rows = self._db.execute(
-                f"SELECT bucket, service, caller, operation, calls, {_FAILURE_COLUMNS}, sketch"
-                f" FROM {table}{where}",
-                parameters,
-            ).fetchall()
+            rows = self._rows(table, step, first, last, service)
         except sqlite3.OperationalError:
             if self._holds_events() or self._has_tables():
                 raise
@@ -615,10 +607,10 @@ class SQLiteReadModels(ReadModels):
         return iter(
             [
                 (
-                    RollupKey(step, row[0], row[2], row[1], row[3]),
-                    Rollup.stored(row[4], row[5:-1], row[-1]),
+                    RollupKey(step, bucket, caller, name, operation),
+                    Rollup.stored(counts[0], counts[1:], sketch),
                 )
-                for row in rows
+                for bucket, (caller, name, operation), counts, sketch in rows
             ]
         )
 
@@ -734,48 +726,62 @@ class SQLiteReadModels(ReadModels):
 
     def _summed(self, table: str, parts: list[_Piece], service: str | None) -> dict[Edge, Rollup]:
         counts: dict[Edge, list[int]] = {}
-        sketches: dict[Edge, list[bytes | SketchSum]] = {}
+        sketches: dict[Edge, list[StoredSketch]] = {}
         for part in parts:
-            rows = self._rows(table, part.step, part.first, part.last, service)
-            if part.outside:
-                # An hour less some of its minutes: taken away from that
-                # hour's own row, whose fields hold them.
-                trimmed = {edge: (found, SketchSum()) for edge, found, _ in rows}
-                for edge, _, sketch in rows:
-                    trimmed[edge][1].add(sketch)
-                for first, last in part.outside:
-                    for edge, found, sketch in self._rows(table, "1m", first, last, service):
-                        if edge not in trimmed:
-                            raise ReadModelsOutdated(
-                                "the read models are damaged (a minute row without its hour row):"
-                                " run `eventtrail rebuild`"
-                            )
-                        kept, total = trimmed[edge]
-                        trimmed[edge] = (list(map(operator.sub, kept, found)), total)
-                        total.subtract(sketch)
-                rows = [(edge, found, total) for edge, (found, total) in trimmed.items()]
-            for edge, found, sketch in rows:
+            found = self._rows(table, part.step, part.first, part.last, service)
+            rows: list[tuple[Edge, list[int], StoredSketch]] = (
+                self._less(table, found, part.outside, service)
+                if part.outside
+                else [(edge, calls, sketch) for _, edge, calls, sketch in found]
+            )
+            for edge, calls, sketch in rows:
                 so_far = counts.get(edge)
                 if so_far is None:
-                    counts[edge] = found
+                    counts[edge] = calls
                     sketches[edge] = [sketch]
                 else:
-                    counts[edge] = list(map(operator.add, so_far, found))
+                    counts[edge] = list(map(operator.add, so_far, calls))
                     sketches[edge].append(sketch)
         totals: dict[Edge, Rollup] = {}
-        for edge, found in counts.items():
-            rollup = Rollup.stored(found[0], found[1:], *sketches[edge])
+        for edge, calls in counts.items():
+            rollup = Rollup.stored(calls[0], calls[1:], *sketches[edge])
             if not rollup.is_empty():
                 totals[edge] = rollup
         return totals
 
+    def _less(
+        self,
+        table: str,
+        hour_rows: list[tuple[str, Edge, list[int], bytes]],
+        outside: Sequence[tuple[str, str]],
+        service: str | None,
+    ) -> list[tuple[Edge, list[int], StoredSketch]]:
+        """Hour rows less the minute rows of the ranges ``outside``, each
+        taken away from its edge's own hour row (whose fields hold it)."""
+        trimmed: dict[Edge, tuple[list[int], SketchSum]] = {}
+        for _, edge, calls, sketch in hour_rows:
+            total = SketchSum()
+            total.add(sketch)
+            trimmed[edge] = (calls, total)
+        for first, last in outside:
+            for _, edge, calls, sketch in self._rows(table, "1m", first, last, service):
+                if edge not in trimmed:
+                    raise ReadModelsOutdated(
+                        "the read models are damaged (a minute row without its hour row):"
+                        " run `eventtrail rebuild`"
+                    )
+                kept, total = trimmed[edge]
+                trimmed[edge] = (list(map(operator.sub, kept, calls)), total)
+                total.subtract(sketch)
+        return [(edge, calls, total) for edge, (calls, total) in trimmed.items()]
+
     def _rows(
         self, table: str, step: str, first: str, last: str, service: str | None
-    ) -> list[tuple[Edge, list[int], Any]]:
-        """``(edge, [calls, failures...], sketch)`` of the rows of ``step``
-        with ``first <= bucket <= last``."""
+    ) -> list[tuple[str, Edge, list[int], bytes]]:
+        """``(bucket, edge, [calls, failures...], sketch)`` of the rows of
+        ``step`` with ``first <= bucket <= last``."""
         sql = (
-            f"SELECT caller, service, operation, calls, {_FAILURE_COLUMNS}, sketch FROM {table}"
+            f"SELECT bucket, caller, service, operation, calls, {_FAILURE_COLUMNS}, sketch FROM {table}"
             " WHERE step = ? AND bucket >= ? AND bucket <= ?"
         )
         parameters: list[object] = [step, first, last]
@@ -784,7 +790,7 @@ class SQLiteReadModels(ReadModels):
             parameters.append(service)
         width = len(FAILURE_KINDS)
         return [
-            ((row[0], row[1], row[2]), list(row[3 : 4 + width]), row[4 + width])
+            (row[0], (row[1], row[2], row[3]), list(row[4 : 5 + width]), row[5 + width])
             for row in self._db.execute(sql, parameters)
         ]
 
