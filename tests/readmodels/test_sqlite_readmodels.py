@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import Event
 from eventtrail.readmodels import PROJECTION_VERSION, ReadModelsOutdated, RequestQuery, read_models_of
-from eventtrail.readmodels.port import ReadModels
+from eventtrail.readmodels.model import Rollup
+from eventtrail.readmodels.port import Edge, ReadModels
 from eventtrail.readmodels.sqlite import read_models_path
 from eventtrail.store import StoreError
 from tests.cli import run
@@ -259,16 +260,23 @@ def test_a_window_reads_the_same_totals_as_the_port_from_fewer_rows(
             assert rollup.sketch.low <= low and rollup.sketch.high >= high
 
 
+def read_rollups(
+    store: SQLiteStore, since: datetime, until: datetime
+) -> tuple[dict[Edge, Rollup], list[str]]:
+    """The window's rollups, and the statements that read rollup rows for them."""
+    statements: list[str] = []
+    store.read_models._db.set_trace_callback(statements.append)
+    try:
+        found = read_models_of(store).rollups(since, until)
+    finally:
+        store.read_models._db.set_trace_callback(None)
+    return found, [sql for sql in statements if ", sketch FROM" in sql]
+
+
 def test_a_window_that_ends_now_reads_its_last_hour_as_one_row(three_hours: SQLiteStore) -> None:
     models = read_models_of(three_hours)
     since, until = T0 + timedelta(minutes=80), T0 + timedelta(minutes=170)
-    statements: list[str] = []
-    three_hours.read_models._db.set_trace_callback(statements.append)
-    try:
-        found = models.rollups(since, until)
-    finally:
-        three_hours.read_models._db.set_trace_callback(None)
-    reads = [sql for sql in statements if ", sketch FROM" in sql]
+    found, reads = read_rollups(three_hours, since, until)
     last_hour = "2021-03-04T12:00:00.000000Z"
     assert any(f"step = '1h' AND bucket >= '{last_hour}'" in sql for sql in reads), reads
     assert not any(f"step = '1m' AND bucket >= '{last_hour[:14]}" in sql for sql in reads), reads
@@ -285,13 +293,7 @@ def test_an_hour_mostly_in_the_window_is_read_as_its_row_less_the_minutes_outsid
     models = read_models_of(three_hours)
     # 11:05 to 12:30: the hour of 11:00 lacks 5 of its minutes.
     since, until = T0 + timedelta(minutes=65), T0 + timedelta(minutes=150)
-    statements: list[str] = []
-    three_hours.read_models._db.set_trace_callback(statements.append)
-    try:
-        found = models.rollups(since, until)
-    finally:
-        three_hours.read_models._db.set_trace_callback(None)
-    reads = [sql for sql in statements if ", sketch FROM" in sql]
+    found, reads = read_rollups(three_hours, since, until)
     assert any("step = '1h' AND bucket >= '2021-03-04T11:00:00.000000Z'" in sql for sql in reads), reads
     outside = "step = '1m' AND bucket >= '2021-03-04T11:00:00.000000Z' AND bucket <= '2021-03-04T11:04:00"
     assert any(outside in sql for sql in reads), reads

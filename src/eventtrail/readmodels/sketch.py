@@ -283,10 +283,7 @@ class SketchSum:
             get = counts.get
             for key, count in pairs:
                 counts[key] = get(key, 0) + count
-        if low is not None and (self.low is None or low < self.low):
-            self.low = low
-        if high is not None and (self.high is None or high > self.high):
-            self.high = high
+        self._widen(low, high)
 
     def add_sum(self, other: SketchSum) -> None:
         """Add everything ``other`` holds."""
@@ -295,10 +292,14 @@ class SketchSum:
         counts = self.counts
         for key, count in other.counts.items():
             counts[key] = counts.get(key, 0) + count
-        if other.low is not None and (self.low is None or other.low < self.low):
-            self.low = other.low
-        if other.high is not None and (self.high is None or other.high > self.high):
-            self.high = other.high
+        self._widen(other.low, other.high)
+
+    def _widen(self, low: float | None, high: float | None) -> None:
+        """Take in the bounds of what was added."""
+        if low is not None and (self.low is None or low < self.low):
+            self.low = low
+        if high is not None and (self.high is None or high > self.high):
+            self.high = high
 
     def subtract(self, raw: bytes) -> None:
         """Take away the stored sketch ``raw``, part of what was added (a
@@ -365,10 +366,7 @@ class SketchSum:
         counts = self.counts
         for key, count in sketch.counts.items():
             counts[key] = counts.get(key, 0) + count
-        if sketch.low is not None and (self.low is None or sketch.low < self.low):
-            self.low = sketch.low
-        if sketch.high is not None and (self.high is None or sketch.high > self.high):
-            self.high = sketch.high
+        self._widen(sketch.low, sketch.high)
 
     def quantiles(self, *qs: float) -> list[float | None]:
         """:meth:`LatencySketch.quantiles` of the sum; read on the run of
