@@ -259,6 +259,28 @@ def test_a_faulty_service_says_since_when_it_has_been_faulty(store: Store) -> No
     assert healthy.services[0].faulty_since is None and healthy.faulty == []
 
 
+def test_a_service_turned_slow_says_since_when_from_its_latencies(store: Store) -> None:
+    """The walk back judges a bucket on its latencies when its calls did not
+    fail often enough: minutes that fail and minutes that are slow both
+    extend the run."""
+    until = UNTIL
+    turned = until - timedelta(hours=2, minutes=10, seconds=30)
+    for minute in range(8 * 60, 131, -1):
+        store.append(calls("B", [20.0] * 10, start=until - timedelta(minutes=minute)))
+    for minute in range(131):
+        start = turned + timedelta(minutes=minute)
+        if minute % 3:
+            store.append(calls("B", [900.0] * 20, start=start))  # slow, no failure
+        else:
+            store.append(calls("B", [20.0] * 20, start=start, failures=["500"] * 5))  # fast, failing
+    # 5 hours: whole hour rows, the run starting inside the hour of `turned`.
+    for window in (timedelta(hours=3), timedelta(hours=5)):
+        report = service_health(store, window, until=until)
+        [b] = report.services
+        assert b.status == "faulty", report.verdict
+        assert b.faulty_since == format_moment(turned.replace(second=0))
+
+
 def test_a_long_window_reads_hours_not_minutes(store: SQLiteStore) -> None:
     start = UNTIL - timedelta(hours=20)
     for hour in range(20):

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import msgspec
 
 from eventtrail.readmodels.model import FAILURE_KINDS, Rollup, RollupKey, minute_ceiling, minute_floor
-from eventtrail.readmodels.port import ReadModels, read_models_of
+from eventtrail.readmodels.port import BucketCount, ReadModels, read_models_of
 from eventtrail.readmodels.sketch import SketchSum
 from eventtrail.store import Store
 from eventtrail.times import format_duration, format_moment, moment_before, moment_of
@@ -265,27 +265,29 @@ def _judge(
     )
 
 
-def _bucket_holds(bucket: Rollup, health: ServiceHealth, thresholds: HealthThresholds) -> bool:
-    """Whether a faulty service's rule held on one bucket's calls."""
-    if _failing(bucket.calls, bucket.errors, thresholds):
-        return True
-    return health.baseline_calls >= thresholds.min_calls and _slower(
-        bucket.quantiles(0.95)[0], health.baseline_p95_ms, thresholds
-    )
-
-
 def _run_start(
-    rows: Iterable[tuple[RollupKey, Rollup]], health: ServiceHealth, thresholds: HealthThresholds
+    counts: list[BucketCount],
+    rows: Callable[[], Iterable[tuple[RollupKey, Rollup]]],
+    health: ServiceHealth,
+    thresholds: HealthThresholds,
 ) -> RollupKey | None:
     """The earliest bucket of the last run in which the rule held, walking
     back from the newest bucket (buckets without calls neither break nor
-    extend a run)."""
+    extend a run). The counts decide alone while calls fail often enough;
+    the latencies (``rows``, read once, when first needed) decide the rest."""
     earliest: RollupKey | None = None
-    for key, bucket in sorted(rows, key=lambda row: row[0].bucket, reverse=True):
-        if not bucket.calls:
+    latencies: dict[RollupKey, Rollup] | None = None
+    for key, calls, errors in counts:
+        if not calls:
             continue
-        if not _bucket_holds(bucket, health, thresholds):
-            break
+        if not _failing(calls, errors, thresholds):
+            if health.baseline_calls < thresholds.min_calls:
+                break
+            if latencies is None:
+                latencies = _per_bucket(rows())
+            bucket = latencies.get(key)
+            if bucket is None or not _slower(bucket.quantiles(0.95)[0], health.baseline_p95_ms, thresholds):
+                break
         earliest = key
     return earliest
 
@@ -310,13 +312,23 @@ def _faulty_since(
     """When the service turned faulty, within the window: read on the
     buckets covering it (minutes at its edges, hours between), then, when
     the run starts on an hour, on that hour's minutes."""
-    coarse = _per_bucket(models.covering(since, until, service=health.service))
-    start = _run_start(coarse.items(), health, thresholds)
+    service = health.service
+    start = _run_start(
+        models.bucket_counts(since, until, service=service),
+        lambda: models.covering(since, until, service=service),
+        health,
+        thresholds,
+    )
     if start is None or start.step == "1m":
         return start.bucket if start else None
     hour = moment_of(start.bucket)
-    fine = _per_bucket(models.buckets(hour, hour + timedelta(hours=1), service=health.service))
-    first = _run_start(fine.items(), health, thresholds)
+    end = hour + timedelta(hours=1)
+    first = _run_start(
+        models.bucket_counts(hour, end, service=service, step="1m"),
+        lambda: models.buckets(hour, end, service=service),
+        health,
+        thresholds,
+    )
     return first.bucket if first else start.bucket
 
 

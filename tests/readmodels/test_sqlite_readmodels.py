@@ -303,6 +303,37 @@ def test_an_hour_mostly_in_the_window_is_read_as_its_row_less_the_minutes_outsid
     }
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    start=minutes,
+    length=st.integers(min_value=1, max_value=4 * 60),
+    service=st.sampled_from(["Orders", "Stock", "Nobody"]),
+    step=st.sampled_from([None, "1m", "1h"]),
+)
+def test_counts_per_bucket_are_the_ports_summed_by_sqlite(
+    three_hours: SQLiteStore, start: int, length: int, service: str, step: str | None
+) -> None:
+    since = T0 + timedelta(minutes=start, seconds=start % 7)
+    until = since + timedelta(minutes=length)
+    models = read_models_of(three_hours)
+    expected = ReadModels.bucket_counts(models, since, until, service=service, step=step)
+    assert models.bucket_counts(since, until, service=service, step=step) == expected
+
+
+def test_counts_per_bucket_read_one_services_rows_from_an_index(three_hours: SQLiteStore) -> None:
+    statements: list[str] = []
+    three_hours.read_models._db.set_trace_callback(statements.append)
+    try:
+        read_models_of(three_hours).bucket_counts(T0, T0 + timedelta(hours=3), service="Orders")
+    finally:
+        three_hours.read_models._db.set_trace_callback(None)
+    [query, *_] = [sql for sql in statements if "GROUP BY bucket" in sql]
+    plan = three_hours.read_models._db.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
+    assert any(
+        "COVERING INDEX rm_service_rollups_by_service (service=? AND step=?" in row[-1] for row in plan
+    )
+
+
 def test_purge_forgets_the_requests_of_purged_events_and_keeps_the_rollups(tmp_path: Path) -> None:
     service = unique_service()
     old = [a_call(service, T0 + timedelta(minutes=i), status=500) for i in range(5)]

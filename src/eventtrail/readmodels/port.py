@@ -38,7 +38,7 @@ import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -70,11 +70,13 @@ from eventtrail.times import format_moment, moment_before, moment_of
 __all__ = [
     "CALL_EVENT_TYPES",
     "CALL_GRACE",
+    "BucketCount",
     "Edge",
     "HasReadModels",
     "ReadModels",
     "ReadModelsOutdated",
     "RequestPage",
+    "bucket_range",
     "read_models_of",
 ]
 
@@ -94,6 +96,26 @@ Edge = tuple[str, str, str]
 class ReadModelsOutdated(StoreError):
     """The stored read models have another shape than this version of
     eventtrail reads (or were never built): ``eventtrail rebuild`` makes them."""
+
+
+class BucketCount(NamedTuple):
+    """A service's calls in one bucket (the key's caller and operation are
+    empty: every caller's calls are counted)."""
+
+    key: RollupKey
+    calls: int
+    errors: int
+
+
+def bucket_range(since: datetime, until: datetime, step: str) -> tuple[str, str] | None:
+    """The first and last ``step`` buckets of ``[since, until)`` (widened to
+    whole buckets); ``None`` when it holds none."""
+    first, last = minute_range(since, until)
+    if first > last:
+        return None
+    if step != "1m":
+        first, last = bucket_start(first, step), bucket_start(last, step)
+    return first, last
 
 
 class RequestPage(msgspec.Struct, kw_only=True, rename="camel"):
@@ -556,12 +578,10 @@ class ReadModels(abc.ABC):
         """The rows of ``step`` buckets in ``[since, until)`` (widened to
         whole buckets)."""
         self.check()
-        first, last = minute_range(since, until)
-        if first > last:
+        found = bucket_range(since, until, step)
+        if found is None:
             return iter(())
-        if step != "1m":
-            first, last = bucket_start(first, step), bucket_start(last, step)
-        return self._read_rollups(step, first, last, service=service, operations=operations)
+        return self._read_rollups(step, *found, service=service, operations=operations)
 
     def covering(
         self, since: datetime, until: datetime, *, service: str | None = None
@@ -574,6 +594,26 @@ class ReadModels(abc.ABC):
         for step, first, last in cover(since, until):
             rows += self._read_rollups(step, first, last, service=service, operations=False)
         return rows
+
+    def bucket_counts(
+        self, since: datetime, until: datetime, *, service: str, step: str | None = None
+    ) -> list[BucketCount]:
+        """Calls and failed calls of ``service`` per bucket, summed over its
+        callers, newest first: the buckets :meth:`covering` reads, or every
+        ``step`` bucket in ``[since, until)`` when ``step`` is given. What a
+        walk back over many buckets reads when it mostly needs counts."""
+        rows = (
+            self.covering(since, until, service=service)
+            if step is None
+            else list(self.buckets(since, until, service=service, step=step))
+        )
+        merged: dict[RollupKey, BucketCount] = {}
+        for key, rollup in rows:
+            bucket = RollupKey(key.step, key.bucket, "", key.service, "")
+            so_far = merged.get(bucket)
+            calls, errors = (so_far.calls, so_far.errors) if so_far is not None else (0, 0)
+            merged[bucket] = BucketCount(bucket, calls + rollup.calls, errors + rollup.errors)
+        return sorted(merged.values(), key=lambda count: count.key.bucket, reverse=True)
 
     def requests(self, query: RequestQuery, *, limit: int = 50, cursor: str | None = None) -> RequestPage:
         """One page of the requests matching ``query``, newest first."""
