@@ -270,34 +270,34 @@ def _run_start(
     rows: Callable[[], Iterable[tuple[RollupKey, Rollup]]],
     health: ServiceHealth,
     thresholds: HealthThresholds,
-) -> RollupKey | None:
+) -> BucketCount | None:
     """The earliest bucket of the last run in which the rule held, walking
     back from the newest bucket (buckets without calls neither break nor
     extend a run). The counts decide alone while calls fail often enough;
     the latencies (``rows``, read once, when first needed) decide the rest."""
-    earliest: RollupKey | None = None
-    latencies: dict[RollupKey, Rollup] | None = None
-    for key, calls, errors in counts:
-        if not calls:
+    earliest: BucketCount | None = None
+    latencies: dict[tuple[str, str], Rollup] | None = None
+    for count in counts:
+        if not count.calls:
             continue
-        if not _failing(calls, errors, thresholds):
+        if not _failing(count.calls, count.errors, thresholds):
             if health.baseline_calls < thresholds.min_calls:
                 break
             if latencies is None:
                 latencies = _per_bucket(rows())
-            bucket = latencies.get(key)
+            bucket = latencies.get((count.step, count.bucket))
             if bucket is None or not _slower(bucket.quantiles(0.95)[0], health.baseline_p95_ms, thresholds):
                 break
-        earliest = key
+        earliest = count
     return earliest
 
 
-def _per_bucket(rows: Iterable[tuple[RollupKey, Rollup]]) -> dict[RollupKey, Rollup]:
+def _per_bucket(rows: Iterable[tuple[RollupKey, Rollup]]) -> dict[tuple[str, str], Rollup]:
     """Rows of several callers merged per (step, bucket) (the rows are
     read for this call: merged in place)."""
-    merged: dict[RollupKey, Rollup] = {}
+    merged: dict[tuple[str, str], Rollup] = {}
     for key, rollup in rows:
-        bucket = RollupKey(key.step, key.bucket, "", key.service, "")
+        bucket = (key.step, key.bucket)
         found = merged.get(bucket)
         if found is None:
             merged[bucket] = rollup

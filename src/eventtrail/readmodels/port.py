@@ -99,10 +99,10 @@ class ReadModelsOutdated(StoreError):
 
 
 class BucketCount(NamedTuple):
-    """A service's calls in one bucket (the key's caller and operation are
-    empty: every caller's calls are counted)."""
+    """A service's calls in one bucket, from every caller."""
 
-    key: RollupKey
+    step: str
+    bucket: str
     calls: int
     errors: int
 
@@ -607,13 +607,14 @@ class ReadModels(abc.ABC):
             if step is None
             else list(self.buckets(since, until, service=service, step=step))
         )
-        merged: dict[RollupKey, BucketCount] = {}
+        merged: dict[tuple[str, str], BucketCount] = {}
         for key, rollup in rows:
-            bucket = RollupKey(key.step, key.bucket, "", key.service, "")
-            so_far = merged.get(bucket)
+            so_far = merged.get((key.step, key.bucket))
             calls, errors = (so_far.calls, so_far.errors) if so_far is not None else (0, 0)
-            merged[bucket] = BucketCount(bucket, calls + rollup.calls, errors + rollup.errors)
-        return sorted(merged.values(), key=lambda count: count.key.bucket, reverse=True)
+            merged[(key.step, key.bucket)] = BucketCount(
+                key.step, key.bucket, calls + rollup.calls, errors + rollup.errors
+            )
+        return sorted(merged.values(), key=lambda count: count.bucket, reverse=True)
 
     def requests(self, query: RequestQuery, *, limit: int = 50, cursor: str | None = None) -> RequestPage:
         """One page of the requests matching ``query``, newest first."""

@@ -834,14 +834,17 @@ class SQLiteReadModels(ReadModels):
                 found = bucket_range(since, until, step)
                 ranges = [(step, *found)] if found is not None else []
             counts: list[BucketCount] = []
+            failed = " + ".join(_FAILURE_COLUMNS.split(", "))
             try:
-                for bucket_step, first, last in ranges:
+                # The ranges follow each other in time: newest first, read
+                # newest first.
+                for bucket_step, first, last in reversed(ranges):
                     counts += [
-                        BucketCount(RollupKey(bucket_step, bucket, "", service, ""), calls, errors)
+                        BucketCount(bucket_step, bucket, calls, errors)
                         for bucket, calls, errors in self._db.execute(
-                            f"SELECT bucket, sum(calls), sum({' + '.join(_FAILURE_COLUMNS.split(', '))})"
-                            " FROM rm_service_rollups"
-                            " WHERE step = ? AND bucket >= ? AND bucket <= ? AND service = ? GROUP BY bucket",
+                            f"SELECT bucket, sum(calls), sum({failed}) FROM rm_service_rollups"
+                            " WHERE step = ? AND bucket >= ? AND bucket <= ? AND service = ?"
+                            " GROUP BY bucket ORDER BY bucket DESC",
                             (bucket_step, first, last, service),
                         )
                     ]
@@ -849,7 +852,7 @@ class SQLiteReadModels(ReadModels):
                 if self._holds_events() or self._has_tables():
                     raise
                 return []
-            return sorted(counts, key=lambda count: count.key.bucket, reverse=True)
+            return counts
 
     def covering(
         self, since: datetime, until: datetime, *, service: str | None = None
