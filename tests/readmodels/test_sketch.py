@@ -175,6 +175,13 @@ def test_an_hour_less_some_of_its_minutes_is_the_sum_of_the_others(
     assert (total.low, total.high) == (hour.low, hour.high)
 
 
+def test_a_pair_beyond_any_latencys_bucket_is_merged_without_a_run_to_reach_it() -> None:
+    run = LatencySketch.of([10.0 + n / 10 for n in range(100)])
+    far = msgspec.msgpack.encode(([(2**40, 1)], None, None, 0, 0, b""))
+    merged = LatencySketch.from_bytes(LatencySketch.merge_bytes(run.to_bytes(), far))
+    assert merged.counts[2**40] == 1 and merged.count == 101
+
+
 def test_taking_away_what_was_not_added_is_an_error_not_a_wrong_answer() -> None:
     for taken in ([15.0] * 50, [25.0], [5.0]):
         total = SketchSum()

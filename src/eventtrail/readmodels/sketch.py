@@ -370,24 +370,23 @@ class SketchSum:
 
     def quantiles(self, *qs: float) -> list[float | None]:
         """:meth:`LatencySketch.quantiles` of the sum; read on the run of
-        fields itself (a cumulative sum and a binary search per quantile,
-        done in C) when its only other bucket is the zero bucket."""
-        counts = self.counts
-        if not self._run_total or any(key != _ZERO or count < 0 for key, count in counts.items()):
+        fields itself, the other buckets folded in (a cumulative sum and a
+        binary search per quantile, done in C)."""
+        folded = self._with_pairs() if self._run_total else None
+        if folded is None:
             sketch = self.sketch()
             if any(count < 0 for count in sketch.counts.values()):
                 raise ValueError(_MISMATCH)
             return sketch.quantiles(*qs)
         if any(not 0 <= q <= 1 for q in qs):
             raise ValueError("a quantile is between 0 and 1")
-        fields = self._fields()
-        zeros = counts.get(_ZERO, 0)
+        first, fields, zeros = folded
         cumulative = list(accumulate(fields, initial=zeros))
         total = cumulative[-1]
         found: list[float | None] = []
         for q in qs:
             rank = max(math.ceil(q * total), 1)
-            estimate = 0.0 if rank <= zeros else value_of(self._first + bisect_left(cumulative, rank) - 1)
+            estimate = 0.0 if rank <= zeros else value_of(first + bisect_left(cumulative, rank) - 1)
             if self.low is not None:
                 estimate = max(estimate, self.low)
             if self.high is not None:
@@ -408,17 +407,20 @@ class SketchSum:
         folded = self._folded() if self._run_total else None
         return folded if folded is not None else self.sketch().to_bytes()
 
-    def _folded(self) -> bytes | None:
+    def _with_pairs(self) -> tuple[int, array[int], int] | None:
+        """``(first bucket, fields, zero count)``: the run with the other
+        buckets folded in; ``None`` when a count would leave a field's range."""
         fields = self._fields()
-        first, total = self._first, self._run_total
-        pairs = []
+        first = self._first
+        zeros = 0
         for key, count in self.counts.items():
             if key == _ZERO:
-                if count < 0:
-                    return None
-                if count:
-                    pairs.append((key, count))
+                zeros += count
                 continue
+            if not count:
+                continue
+            if not -_MAX_KEY <= key <= _MAX_KEY:
+                return None  # not a finite latency's bucket: read as pairs
             if key < first:
                 fields[:0] = array("I", bytes(4 * (first - key)))
                 first = key
@@ -428,7 +430,15 @@ class SketchSum:
             if not 0 <= value <= _FIELD_MAX:
                 return None
             fields[key - first] = value
-            total += count
+        return (first, fields, zeros) if zeros >= 0 else None
+
+    def _folded(self) -> bytes | None:
+        folded = self._with_pairs()
+        if folded is None:
+            return None
+        first, fields, zeros = folded
+        total = sum(fields)
+        pairs = [(_ZERO, zeros)] if zeros else []
         # Fields a delta emptied at either end are not written.
         while fields and not fields[-1]:
             fields.pop()
