@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+from eventtrail.calls import ERROR, REQUEST, RESPONSE
 from eventtrail.config import load_settings, open_queue, open_store
+from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import Event
 from eventtrail.store import AppendStatus
+
+T = TypeVar("T")
 
 
 def eventtrail_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -67,3 +72,19 @@ def seed(
             queue.dead_letter(message, reasons[message.id])
     assert len(received) == len(ids)
     return ids
+
+
+def stored_calls(data_dir: Path, describe: Callable[[Event], T]) -> dict[str, list[tuple[str, T]]]:
+    """Each stored request's call events in ``data_dir``: (type, ``describe(event)``)."""
+    flows: dict[str, list[tuple[str, T]]] = {}
+    with SQLiteStore(data_dir / "events.db") as store:
+        for kind in (REQUEST, RESPONSE, ERROR):
+            cursor = None
+            while True:
+                page = store.events(type=kind, limit=1000, cursor=cursor)
+                for event in page.events:
+                    flows.setdefault(event.request_id, []).append((event.type, describe(event)))
+                if page.cursor is None:
+                    break
+                cursor = page.cursor
+    return flows

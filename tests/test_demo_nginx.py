@@ -24,9 +24,8 @@ from eventtrail.calls import ERROR, REQUEST, RESPONSE
 from eventtrail.config import load_settings
 from eventtrail.demo.nginx import LOG_FORMAT, NginxFailed, NginxGateway, find_nginx
 from eventtrail.demo.stack import gateway_config
-from eventtrail.embedded.store import SQLiteStore
 from eventtrail.gateway.config import parse_gateway_config
-from tests.cli import eventtrail_env, run
+from tests.cli import eventtrail_env, run, stored_calls
 from tests.servers import ROOT
 
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
@@ -122,18 +121,7 @@ def _logged_ids(data_dir: Path) -> list[str]:
 
 def _stored(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
     """Each stored request's events: (type, service)."""
-    flows: dict[str, list[tuple[str, str]]] = {}
-    with SQLiteStore(data_dir / "events.db") as store:
-        for kind in (REQUEST, RESPONSE, ERROR):
-            cursor = None
-            while True:
-                page = store.events(type=kind, limit=1000, cursor=cursor)
-                for event in page.events:
-                    flows.setdefault(event.request_id, []).append((event.type, str(event.data["Name"])))
-                if page.cursor is None:
-                    break
-                cursor = page.cursor
-    return flows
+    return stored_calls(data_dir, lambda event: str(event.data["Name"]))
 
 
 def _assert_every_logged_call_stored(data_dir: Path) -> dict[str, list[tuple[str, str]]]:

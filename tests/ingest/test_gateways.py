@@ -24,8 +24,7 @@ import pytest
 
 from eventtrail.calls import ERROR, REQUEST, RESPONSE
 from eventtrail.embedded.queue import SQLiteQueue
-from eventtrail.embedded.store import SQLiteStore
-from tests.cli import run, spawn
+from tests.cli import run, spawn, stored_calls
 from tests.servers import ROOT, free_port, wait_for_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -157,19 +156,7 @@ http {{
 
 def stored(data_dir: Path) -> dict[str, list[tuple[str, object]]]:
     """Each stored request's calls: (event type, status or error kind)."""
-    flows: dict[str, list[tuple[str, object]]] = {}
-    with SQLiteStore(data_dir / "events.db") as store:
-        for kind in (REQUEST, RESPONSE, ERROR):
-            cursor = None
-            while True:
-                page = store.events(type=kind, limit=1000, cursor=cursor)
-                for event in page.events:
-                    outcome = event.data.get("status", event.data.get("error"))
-                    flows.setdefault(event.request_id, []).append((event.type, outcome))
-                if page.cursor is None:
-                    break
-                cursor = page.cursor
-    return flows
+    return stored_calls(data_dir, lambda event: event.data.get("status", event.data.get("error")))
 
 
 def queued(data_dir: Path) -> int:
