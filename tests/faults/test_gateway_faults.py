@@ -194,7 +194,11 @@ def test_a_gateway_killed_under_load_loses_at_most_its_last_milliseconds(
     )
     assert all(killed_at - at <= LOSS_WINDOW_SECONDS for at in missing.values()), late
     assert all(killed_at - answered[request_id] <= LOSS_WINDOW_SECONDS for request_id in halves)
-    assert inherited > 0
+    if queue_locked:
+        # Nothing could be sent for 3 s: the successor sends it from the
+        # journal. With a healthy queue, whether anything was still unsent
+        # at the instant of the kill is timing (none on a starved machine).
+        assert inherited > 0
 
 
 def test_a_spill_file_on_a_filesystem_that_fills_then_frees_keeps_every_event_once(
