@@ -41,6 +41,7 @@ __all__ = [
     "RollupKey",
     "SeriesPoint",
     "StoredSketch",
+    "bucket_range",
     "bucket_start",
     "cover",
     "failure_kind",
@@ -202,6 +203,17 @@ def minute_range(since: datetime, until: datetime) -> tuple[str, str]:
         return format_moment(since), format_moment(since - timedelta(microseconds=1))
     start, last = _floor(since, 60), _floor(until - timedelta(microseconds=1), 60)
     return format_moment(start), format_moment(last)
+
+
+def bucket_range(since: datetime, until: datetime, step: str) -> tuple[str, str] | None:
+    """The first and last ``step`` buckets of ``[since, until)`` (widened to
+    whole buckets); ``None`` when it holds none."""
+    first, last = minute_range(since, until)
+    if first > last:
+        return None
+    if step != "1m":
+        first, last = bucket_start(first, step), bucket_start(last, step)
+    return first, last
 
 
 def cover(since: datetime, until: datetime) -> list[tuple[str, str, str]]:

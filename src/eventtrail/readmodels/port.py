@@ -57,10 +57,10 @@ from eventtrail.readmodels.model import (
     RequestSummary,
     Rollup,
     RollupKey,
+    bucket_range,
     bucket_start,
     cover,
     failure_kind,
-    minute_range,
     operation_name,
 )
 from eventtrail.readmodels.sketch import bucket_of
@@ -76,7 +76,6 @@ __all__ = [
     "ReadModels",
     "ReadModelsOutdated",
     "RequestPage",
-    "bucket_range",
     "read_models_of",
 ]
 
@@ -105,17 +104,6 @@ class BucketCount(NamedTuple):
     bucket: str
     calls: int
     errors: int
-
-
-def bucket_range(since: datetime, until: datetime, step: str) -> tuple[str, str] | None:
-    """The first and last ``step`` buckets of ``[since, until)`` (widened to
-    whole buckets); ``None`` when it holds none."""
-    first, last = minute_range(since, until)
-    if first > last:
-        return None
-    if step != "1m":
-        first, last = bucket_start(first, step), bucket_start(last, step)
-    return first, last
 
 
 class RequestPage(msgspec.Struct, kw_only=True, rename="camel"):

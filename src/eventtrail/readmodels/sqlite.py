@@ -67,6 +67,7 @@ from eventtrail.readmodels.model import (
     Rollup,
     RollupKey,
     StoredSketch,
+    bucket_range,
     cover,
 )
 from eventtrail.readmodels.port import (
@@ -78,7 +79,6 @@ from eventtrail.readmodels.port import (
     ReadModelsOutdated,
     Replay,
     RequestPage,
-    bucket_range,
 )
 from eventtrail.readmodels.sketch import LatencySketch, SketchSum
 from eventtrail.times import format_moment, moment_of
