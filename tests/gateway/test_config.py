@@ -9,9 +9,10 @@ import pytest
 
 from eventtrail.config import ConfigError
 from eventtrail.gateway.config import ServerLimits, load_gateway_config, parse_gateway_config
+from eventtrail.gateway.protocol import HttpProtocol
 from eventtrail.gateway.proxy import build_app
 from eventtrail.gateway.requestid import request_id_from, trace_id_of
-from eventtrail.gateway.serve import GuardedHttpProtocol, server_config
+from eventtrail.gateway.serve import server_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
 
@@ -38,7 +39,7 @@ def test_server_limits_reach_uvicorn() -> None:
     )
     uvicorn_config = server_config(build_app(config), "127.0.0.1", 0)
     protocol = uvicorn_config.http
-    assert isinstance(protocol, type) and issubclass(protocol, GuardedHttpProtocol)
+    assert isinstance(protocol, type) and issubclass(protocol, HttpProtocol)
     assert protocol.limits == config.server
     assert uvicorn_config.limit_concurrency == 7
     # Any other app gets the defaults.

@@ -1,7 +1,8 @@
 """Running the gateway: opening its publisher from the settings, and serving
-an ASGI app on uvicorn, in the foreground (:func:`serve_gateway`, in one
-process or in several sharing the port) or in a background thread, with
-limits on what one client may hold (:class:`GuardedHttpProtocol`)."""
+an ASGI app on uvicorn's server with the gateway's own HTTP protocol
+(:mod:`eventtrail.gateway.protocol`, which bounds what one client may hold),
+in the foreground (:func:`serve_gateway`, in one process or in several
+sharing the port) or in a background thread."""
 
 from __future__ import annotations
 
@@ -20,15 +21,14 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
-import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from eventtrail.config import Settings, open_queue
 from eventtrail.gateway.config import GatewayConfig, PublisherSettings, ServerLimits
 from eventtrail.gateway.offload import ProcessQueue
+from eventtrail.gateway.protocol import http_protocol
 from eventtrail.gateway.proxy import GatewayApp, build_app
 from eventtrail.gateway.publisher import Publisher, PublisherCounts
 from eventtrail.gateway.spill import SpillFile
@@ -39,7 +39,6 @@ from eventtrail.web.server import bind, port_unavailable
 
 __all__ = [
     "GatewayServer",
-    "GuardedHttpProtocol",
     "listening_socket",
     "open_publisher",
     "serve_gateway",
@@ -107,249 +106,6 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 100)
 
 
-class _HeadTooLarge(Exception):
-    """Raised from a parser callback to stop parsing a head that is too large."""
-
-
-# After a refusal, what the client still sends is read and thrown away for at
-# most this long before the connection closes, so that its kernel does not
-# reset the connection before the client read the answer (nginx's lingering
-# close).
-_LINGER_SECONDS = 2.0
-
-
-class _CorkedTransport:
-    """A connection's transport as uvicorn's response cycle sees it: a
-    response's head is held until its first body write or the end of the
-    event loop's iteration, whichever comes first, so that a head and a body
-    that follows at once leave in one ``send()`` instead of two (each write
-    on a busy machine can hand the CPU to the process it wakes). Nothing
-    else is held, and nothing once the response is complete."""
-
-    __slots__ = ("_flush_due", "_held", "_hold_next", "_loop", "transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-        self._hold_next = False
-        self._flush_due = False
-
-    def hold_head(self) -> None:
-        """The next write is a response head: hold it."""
-        self._hold_next = True
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self.transport.write(held + data)
-        elif self._hold_next:
-            self._hold_next = False
-            self._held = data
-            if not self._flush_due:
-                self._flush_due = True
-                self._loop.call_soon(self._flush_soon)
-        else:
-            self.transport.write(data)
-
-    def _flush_soon(self) -> None:
-        self._flush_due = False
-        self.flush()
-
-    def flush(self) -> None:
-        """Write what is held, now."""
-        self._hold_next = False
-        held = self._held
-        if held is not None:
-            self._held = None
-            self.transport.write(held)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
-class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on the request head.
-
-    uvicorn bounds neither the size of a request head nor the time a client
-    takes to send it: httptools keeps every byte of an unfinished header, and
-    a connection that never completes its head (or never sends a byte) is
-    held forever. Both are decided here, at the connection, where bytes and
-    time are seen before any request exists. ``limits`` is set by
-    :func:`guarded_protocol`.
-    """
-
-    limits: ClassVar[ServerLimits] = ServerLimits()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # One timer per connection, not one per request: a request only
-        # notes when its head began; the timer checks that note when it fires.
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._head_began = 0.0
-        self._awaiting_head = False
-        self._head_bytes = 0
-        # Set when a head began inside a chunk (pipelining): its bytes were
-        # not all counted, so its size is measured when it completes.
-        self._measure_head = False
-        # A request message is being parsed (its body may outlive its answer).
-        self._message_open = False
-        self._refused = False
-
-    # -- the head's deadline and size ---------------------------------------
-
-    def _await_head(self) -> None:
-        self._awaiting_head = True
-        self._head_bytes = 0
-        self._head_began = self.loop.time()
-
-    def _watch_head(self, delay: float) -> None:
-        self._head_timer = self.loop.call_later(delay, self._check_head)
-
-    def _busy(self) -> bool:
-        return self.cycle is not None and not self.cycle.response_complete
-
-    def _check_head(self) -> None:
-        timeout = self.limits.header_timeout
-        if self.transport.is_closing():
-            self._head_timer = None
-            return
-        waited = self.loop.time() - self._head_began
-        if not self._awaiting_head or waited < timeout:
-            self._watch_head(timeout - waited if self._awaiting_head else timeout)
-            return
-        if self._busy():
-            # A pipelined head arriving while the previous answer is made:
-            # its time starts again once that answer is out.
-            self._head_began = self.loop.time()
-            self._watch_head(timeout)
-            return
-        self._head_timer = None
-        if self._head_bytes:
-            self._refuse(408, b"Request Timeout")
-        else:
-            self.transport.close()
-
-    def _refuse(self, status: int, message: bytes) -> None:
-        self._refused = True
-        self._awaiting_head = False
-        self._corked.flush()
-        if self._busy():
-            # A pipelined head, while the previous answer is still going out:
-            # let that answer finish, then close instead of answering this one.
-            self.cycle.keep_alive = False
-            return
-        self._unset_keepalive_if_required()
-        self.transport.write(
-            b"".join(
-                [
-                    STATUS_LINE[status],
-                    b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\n" % len(message),
-                    b"connection: close\r\n\r\n",
-                    message,
-                ]
-            )
-        )
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
-        else:
-            self.transport.close()
-
-    def _head_size(self) -> int:
-        # The request line's method and version, and ": " and CRLF per header.
-        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
-
-    # -- uvicorn's protocol -------------------------------------------------
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._corked = _CorkedTransport(transport, self.loop)
-        self._await_head()
-        self._watch_head(self.limits.header_timeout)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
-        if self._awaiting_head:
-            self._head_bytes += len(data)
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            if isinstance(error.__context__, _HeadTooLarge):
-                self._refuse(431, b"Request Header Fields Too Large")
-            else:
-                self.logger.warning("Invalid HTTP request received.")
-                self.send_400_response("Invalid HTTP request received.")
-            return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-            return
-        if self._awaiting_head and self._head_bytes > self.limits.max_header_bytes:
-            self._refuse(431, b"Request Header Fields Too Large")
-
-    def on_message_begin(self) -> None:
-        self._message_open = True
-        super().on_message_begin()
-        if not self._awaiting_head:
-            self._await_head()
-            self._measure_head = True
-
-    def on_headers_complete(self) -> None:
-        self._awaiting_head = False
-        limit = self.limits.max_header_bytes
-        if (self._head_bytes > limit or self._measure_head) and self._head_size() > limit:
-            raise _HeadTooLarge
-        self._measure_head = False
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.transport is self.transport:
-            cycle.transport = self._corked  # type: ignore[assignment]
-            if not any(queued is cycle for queued, _ in self.pipeline):
-                # Its answer starts now (a pipelined one waits its turn
-                # while the previous answer goes out: nothing is held then).
-                self._corked.hold_head()
-
-    def on_message_complete(self) -> None:
-        self._message_open = False
-        super().on_message_complete()
-        if not self._busy() and not self.transport.is_closing():
-            self._await_head()
-
-    def on_response_complete(self) -> None:
-        # A head without a body write (HEAD, 204, 304) leaves now: whatever
-        # this protocol writes next must come after it.
-        self._corked.flush()
-        super().on_response_complete()
-        # The next head is awaited once the request was read and answered.
-        if not self._message_open and not self._busy() and not self.transport.is_closing():
-            self._await_head()
-
-
-def guarded_protocol(limits: ServerLimits) -> type[GuardedHttpProtocol]:
-    """The protocol class uvicorn instantiates per connection, with ``limits``."""
-    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
-
-
 def server_config(
     app: Any, host: str, port: int, *, limits: ServerLimits | None = None, **options: Any
 ) -> uvicorn.Config:
@@ -372,10 +128,10 @@ def server_config(
         # The gateway appends the peer to X-Forwarded-For itself; uvicorn
         # would otherwise take a loopback client's X-Forwarded-For as the peer.
         "proxy_headers": False,
-        "http": guarded_protocol(limits),
+        "http": http_protocol(limits),
         "timeout_keep_alive": limits.keep_alive_timeout,
-        # uvicorn answers 503 to a request while this many connections are
-        # open or requests in flight.
+        # A request is answered 503 while this many connections are open or
+        # requests in flight.
         "limit_concurrency": limits.max_connections,
         # The same head bound if a caller chooses uvicorn's h11 protocol
         # (without the head timeout, which only the protocol above has).

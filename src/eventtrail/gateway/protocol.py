@@ -1,0 +1,656 @@
+"""The gateway's server side: HTTP/1.1 parsed by httptools, one ASGI call per
+request, under uvicorn's server (which keeps the sockets, the signals, the
+lifespan and the graceful shutdown).
+
+uvicorn's own protocol gives every request a response cycle object, an
+``asyncio.Event``, a keep-alive timer set and cancelled, and two regular
+expressions per response header; it bounds neither the size of a request
+head nor the time a client takes to send it. On the proxy's path that was a
+third of its CPU per request (docs/benchmarks.md). This protocol does what
+the gateway's clients need and bounds what one client may hold:
+
+- a request head larger than ``max_header_bytes`` is answered 431, one not
+  complete within ``header_timeout`` 408 (a connection that never sent a
+  byte is closed silently), and the connection then reads and throws away
+  what the client still sends for a short while before closing, so that
+  the client reads the answer instead of a reset (nginx's lingering close);
+- past ``limit_concurrency`` connections or requests in flight, a request
+  is answered 503 at once and its connection closed;
+- an idle keep-alive connection is closed after ``timeout_keep_alive``;
+- a response's head leaves with its first body piece in one ``send()``
+  (or at the end of the event loop's iteration if no body follows at once);
+- pipelined requests are answered in order, one at a time, reading paused
+  while one waits;
+- a response head the application made is checked as a whole (RFC 9110
+  field names and values) before it is written.
+
+One timer per connection watches both timeouts: a request only notes when
+the wait for its head began, and the timer compares that note with the
+clock when it fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+import httptools
+import uvicorn
+from uvicorn.server import ServerState
+
+from eventtrail.gateway.config import ServerLimits
+
+__all__ = ["HttpProtocol", "http_protocol"]
+
+log = logging.getLogger(__name__)
+
+Message = MutableMapping[str, Any]
+App = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %b\r\n" % (status, phrase)
+
+
+STATUS_LINE = {status: _status_line(status) for status in range(100, 600)}
+
+# A response head as RFC 9110 allows it: a status line, then fields whose
+# names are tokens and whose values hold no control character but HTAB, then
+# an empty line. Checked once over the whole head, so that no value an
+# application passes on (a proxy passes its upstream's) can split a response.
+_VALID_HEAD = re.compile(
+    rb"HTTP/1\.1 [1-5][0-9][0-9] [\t\x20-\x7e\x80-\xff]*\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+)
+# Request body buffered for the application past this pauses reading.
+_HIGH_WATER = 64 * 1024
+# Requests parsed ahead of their turn (pipelining) past this pause reading.
+_MAX_PIPELINED = 16
+# After a refusal, what the client still sends is read and thrown away for
+# at most this long before the connection closes.
+_LINGER_SECONDS = 2.0
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head that is too large."""
+
+
+class _Exchange:
+    """One request and its response: the ``receive`` and ``send`` of the
+    ASGI call that answers it."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "complete",
+        "delivered",
+        "disconnected",
+        "expect_continue",
+        "head_only",
+        "held",
+        "keep_alive",
+        "more_body",
+        "protocol",
+        "remaining",
+        "scope",
+        "started",
+        "waiter",
+    )
+
+    def __init__(
+        self, protocol: HttpProtocol, scope: MutableMapping[str, Any], keep_alive: bool, expect_continue: bool
+    ) -> None:
+        self.protocol = protocol
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.head_only = scope["method"] == "HEAD"
+        self.body = bytearray()
+        self.more_body = True
+        # The last piece of the request body went to the application.
+        self.delivered = False
+        self.disconnected = False
+        self.started = False
+        self.complete = False
+        self.chunked = False
+        self.remaining = 0
+        self.held: bytes | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            waiter = self.waiter = self.protocol.loop.create_future()
+        await waiter
+
+    async def run(self, app: App) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as error:
+            log.error("exception in the ASGI application", exc_info=error)
+            if not self.started:
+                await self._send_500()
+            else:
+                self.protocol.transport.close()
+            if not isinstance(error, Exception):
+                raise
+        else:
+            if not self.started and not self.disconnected:
+                log.error("the ASGI application returned without starting a response")
+                await self._send_500()
+            elif not self.complete and not self.disconnected:
+                log.error("the ASGI application returned without completing its response")
+                self.protocol.transport.close()
+
+    async def _send_500(self) -> None:
+        self.keep_alive = False
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": b"Internal Server Error"})
+
+    async def receive(self) -> Message:
+        protocol = self.protocol
+        if self.expect_continue and not protocol.transport.is_closing():
+            self.expect_continue = False
+            protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while (
+            not self.disconnected
+            and not self.complete
+            and (self.delivered or (not self.body and self.more_body))
+        ):
+            protocol.resume_reading()
+            await self._wait()
+        if self.disconnected or self.complete:
+            return {"type": "http.disconnect"}
+        body = bytes(self.body)
+        self.body.clear()
+        self.delivered = not self.more_body
+        protocol.resume_reading()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def send(self, message: Message) -> None:
+        protocol = self.protocol
+        if protocol.writing_paused and not self.disconnected:
+            await protocol.drain()
+        if self.disconnected:
+            return
+        if not self.started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"expected 'http.response.start', not {message['type']!r}")
+            self._start(message["status"], message.get("headers", ()))
+            return
+        if self.complete:
+            raise RuntimeError(f"{message['type']!r} sent after the response was complete")
+        if message["type"] != "http.response.body":
+            raise RuntimeError(f"expected 'http.response.body', not {message['type']!r}")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if self.head_only:
+            data = b""
+        elif self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more:
+                data += b"0\r\n\r\n"
+        else:
+            self.remaining -= len(body)
+            if self.remaining < 0:
+                raise RuntimeError("response body longer than its content-length")
+            data = body
+        held = self.held
+        if held is not None:
+            self.held = None
+            data = held + data
+        if data:
+            protocol.transport.write(data)
+        if not more:
+            if self.remaining and not self.head_only:
+                raise RuntimeError("response body shorter than its content-length")
+            self.complete = True
+            # A request body the application did not read is of no use now.
+            self.body.clear()
+            self.wake()
+            if not self.keep_alive:
+                protocol.transport.close()
+            protocol.response_complete()
+
+    def _start(self, status: int, headers: Any) -> None:
+        line = STATUS_LINE.get(status)
+        if line is None:
+            raise RuntimeError(f"invalid response status {status!r}")
+        parts = [line]
+        length: int | None = None
+        closing = False
+        for name, value in (*self.protocol.state.default_headers, *headers):
+            name = name.lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                self.chunked = value.lower() == b"chunked"
+            elif name == b"connection" and b"close" in (token.strip().lower() for token in value.split(b",")):
+                self.keep_alive = False
+                closing = True
+            parts += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not closing:
+            parts.append(b"connection: close\r\n")
+        if self.chunked:
+            length = None
+        elif length is None and not self.head_only and status not in (204, 304) and status >= 200:
+            self.chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if _VALID_HEAD.fullmatch(head) is None:
+            raise RuntimeError("invalid response header name or value")
+        self.remaining = length or 0
+        self.started = True
+        self.expect_continue = False
+        self.held = head
+        self.protocol.hold_head()
+
+    def flush_head(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.protocol.transport.write(held)
+
+
+async def _service_unavailable(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"19"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"Service Unavailable"})
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: its requests parsed, each answered by the ASGI
+    application in a task of its own, in order. ``limits`` is set by
+    :func:`http_protocol`; uvicorn makes one per connection."""
+
+    limits: ClassVar[ServerLimits] = ServerLimits()
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.app: App = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.state = server_state
+        self.app_state = app_state
+        self.root_path: str = config.root_path
+        self.limit_concurrency: int | None = config.limit_concurrency
+        self.keep_alive_timeout = float(config.timeout_keep_alive)
+        self.parser = httptools.HttpRequestParser(self)
+        # Bytes after a "Connection: close" request are ignored, not an error.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.scheme = "http"
+        # The request being answered (or the last one answered), the one
+        # being parsed, and those parsed while another was being answered.
+        self.current: _Exchange | None = None
+        self.parsing: _Exchange | None = None
+        self.pipeline: collections.deque[tuple[_Exchange, App]] = collections.deque()
+        self.writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._flush_due = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._expect_continue = False
+        # The wait for a request head: since when, how many bytes so far,
+        # and whether it follows a response (then idle means keep-alive).
+        self._awaiting_head = False
+        self._head_began = 0.0
+        self._head_bytes = 0
+        self._after_response = False
+        # A head that began inside a chunk (pipelining): its bytes were not
+        # all counted, so its size is measured when it completes.
+        self._measure_head = False
+        self._message_open = False
+        self._refused = False
+        self._upgraded = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.state.connections.add(self)  # type: ignore[arg-type]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client = (str(peer[0]), int(peer[1]))
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            self.server = (str(local[0]), int(local[1]))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        self._await_head(after_response=False)
+        self._arm(self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for exchange in (self.current, self.parsing, *(queued for queued, _ in self.pipeline)):
+            if exchange is not None and not exchange.complete:
+                exchange.disconnected = True
+                exchange.wake()
+        self.pipeline.clear()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused or self._upgraded:
+            return
+        if self._awaiting_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The client asked to switch protocols, which the gateway does
+            # not do: its request is answered as a plain one and the
+            # connection then closes; what follows its head is not HTTP.
+            self._upgraded = True
+            exchange = self.parsing
+            if exchange is not None:
+                exchange.keep_alive = False
+                exchange.more_body = False
+                exchange.wake()
+            return
+        except httptools.HttpParserError as error:
+            if isinstance(error.__context__, _HeadTooLarge):
+                self._refuse(431, b"Request Header Fields Too Large")
+            else:
+                self._refuse(400, b"Invalid HTTP request")
+            return
+        if self._awaiting_head and self._head_bytes > self.limits.max_header_bytes:
+            self._refuse(431, b"Request Header Fields Too Large")
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.writing_paused and not self.transport.is_closing():
+            self._drain_waiter = self.loop.create_future()
+            await self._drain_waiter
+
+    # -- httptools callbacks ------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._message_open = True
+        self.parsing = None
+        self._url = b""
+        self._headers = []
+        self._expect_continue = False
+        if not self._awaiting_head:
+            self._await_head(after_response=False)
+            self._measure_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_head = False
+        limit = self.limits.max_header_bytes
+        if (self._head_bytes > limit or self._measure_head) and self._head_size() > limit:
+            raise _HeadTooLarge
+        self._measure_head = False
+        parser = self.parser
+        version = parser.get_http_version()
+        url = httptools.parse_url(self._url)
+        raw_path: bytes = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": parser.get_method().decode("ascii"),
+            "root_path": self.root_path,
+            "path": self.root_path + path if self.root_path else path,
+            "raw_path": self.root_path.encode("ascii") + raw_path if self.root_path else raw_path,
+            "query_string": url.query or b"",
+            "headers": self._headers,
+            "state": self.app_state.copy(),
+        }
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        app = self.app
+        limit_concurrency = self.limit_concurrency
+        if limit_concurrency is not None and (
+            len(self.state.connections) >= limit_concurrency or len(self.state.tasks) >= limit_concurrency
+        ):
+            app = _service_unavailable
+            keep_alive = False
+        exchange = self.parsing = _Exchange(self, scope, keep_alive, self._expect_continue)
+        current = self.current
+        if current is None or current.complete:
+            self._start(exchange, app)
+        else:
+            self.pipeline.append((exchange, app))
+            if len(self.pipeline) >= _MAX_PIPELINED:
+                self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        if exchange is None or exchange.complete:
+            return
+        exchange.body += body
+        if len(exchange.body) > _HIGH_WATER:
+            self.pause_reading()
+        exchange.wake()
+
+    def on_message_complete(self) -> None:
+        self._message_open = False
+        exchange = self.parsing
+        if exchange is not None:
+            exchange.more_body = False
+            exchange.wake()
+        if not self._busy() and not self.transport.is_closing():
+            self._await_head(after_response=True)
+
+    # -- requests and responses ---------------------------------------------
+
+    def _start(self, exchange: _Exchange, app: App) -> None:
+        self.current = exchange
+        task = self.loop.create_task(exchange.run(app))
+        tasks = self.state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _busy(self) -> bool:
+        return self.current is not None and not self.current.complete
+
+    def hold_head(self) -> None:
+        """The current response's head waits for its first body piece, at
+        most until the end of this iteration of the event loop."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        self._flush_due = False
+        current = self.current
+        if current is not None and not self.transport.is_closing():
+            current.flush_head()
+
+    def response_complete(self) -> None:
+        self.state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        if self.pipeline:
+            exchange, app = self.pipeline.popleft()
+            self.resume_reading()
+            self._start(exchange, app)
+            return
+        self.resume_reading()
+        if not self._message_open:
+            self._await_head(after_response=True)
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and len(self.pipeline) < _MAX_PIPELINED:
+            exchange = self.parsing
+            if exchange is None or len(exchange.body) <= _HIGH_WATER:
+                self._reading_paused = False
+                self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: close now if idle, else after the
+        response being made."""
+        if self._busy():
+            assert self.current is not None
+            self.current.keep_alive = False
+        else:
+            self.transport.close()
+
+    # -- the head's deadline and size ---------------------------------------
+
+    def _await_head(self, *, after_response: bool) -> None:
+        self._awaiting_head = True
+        self._after_response = after_response
+        self._head_bytes = 0
+        self._head_began = self.loop.time()
+        if after_response:
+            # Idle now means keep-alive, whose deadline may come before the timer.
+            timer = self._timer
+            deadline = self._head_began + min(self.keep_alive_timeout, self.limits.header_timeout)
+            if timer is not None and timer.when() > deadline + 0.05:
+                timer.cancel()
+                self._arm(deadline - self._head_began)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self.loop.call_later(delay, self._check_head)
+
+    def _check_head(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        header_timeout = self.limits.header_timeout
+        if not self._awaiting_head:
+            self._arm(header_timeout)
+            return
+        idle = not self._head_bytes
+        limit = (
+            min(self.keep_alive_timeout, header_timeout) if idle and self._after_response else header_timeout
+        )
+        waited = self.loop.time() - self._head_began
+        if waited < limit:
+            self._arm(limit - waited)
+            return
+        if self._busy():
+            # A pipelined head arriving while the previous answer is made:
+            # its time starts again once that answer is out.
+            self._head_began = self.loop.time()
+            self._arm(header_timeout)
+            return
+        if idle:
+            self.transport.close()
+        else:
+            self._refuse(408, b"Request Timeout")
+
+    def _head_size(self) -> int:
+        # The request line's method and version, and ": " and CRLF per header.
+        return len(self._url) + 16 + sum(len(name) + len(value) + 4 for name, value in self._headers)
+
+    def _refuse(self, status: int, message: bytes) -> None:
+        """Answer ``status`` instead of the request being parsed, and close."""
+        self._refused = True
+        self._awaiting_head = False
+        # A request whose head was read but whose body is malformed is not
+        # answered by the application.
+        bad = self.parsing if self._message_open else None
+        self._message_open = False
+        if bad is not None:
+            self.pipeline = collections.deque(queued for queued in self.pipeline if queued[0] is not bad)
+            if bad is self.current and not bad.complete:
+                bad.disconnected = True
+                bad.wake()
+                if bad.started:
+                    self.transport.close()
+                    return
+                # Its answer is the refusal.
+                bad.complete = True
+        if self._busy():
+            # A head that came while earlier answers are made: they finish,
+            # then the connection closes instead of this one being answered.
+            last = self.pipeline[-1][0] if self.pipeline else self.current
+            assert last is not None
+            last.keep_alive = False
+            return
+        self.transport.write(
+            b"%b%b%b%b%b"
+            % (
+                STATUS_LINE[status],
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: %d\r\n" % len(message),
+                b"connection: close\r\n\r\n",
+                message,
+            )
+        )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+
+def http_protocol(limits: ServerLimits) -> type[HttpProtocol]:
+    """The protocol class uvicorn makes per connection, with ``limits``."""
+    return type("HttpProtocol", (HttpProtocol,), {"limits": limits})
