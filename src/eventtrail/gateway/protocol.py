@@ -75,6 +75,7 @@ _VALID_HEAD = re.compile(
     rb"HTTP/1\.1 [1-5][0-9][0-9] [\t\x20-\x7e\x80-\xff]*\r\n"
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
 )
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
 # Request body buffered for the application past this pauses reading.
 _HIGH_WATER = 64 * 1024
 # Requests parsed ahead of their turn (pipelining) past this pause reading.
@@ -107,6 +108,7 @@ class _Exchange:
         "remaining",
         "scope",
         "started",
+        "task",
         "waiter",
     )
 
@@ -129,6 +131,7 @@ class _Exchange:
         self.remaining = 0
         self.held: bytes | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -159,6 +162,9 @@ class _Exchange:
             elif not self.complete and not self.disconnected:
                 log.error("the ASGI application returned without completing its response")
                 self.protocol.transport.close()
+        finally:
+            # Here rather than in a done callback: one callback less per request.
+            self.protocol.state.tasks.discard(self.task)
 
     async def _send_500(self) -> None:
         self.keep_alive = False
@@ -243,7 +249,8 @@ class _Exchange:
         parts = [line]
         length: int | None = None
         closing = False
-        for name, value in (*self.protocol.state.default_headers, *headers):
+        default_headers = self.protocol.state.default_headers
+        for name, value in [*default_headers, *headers] if default_headers else headers:
             name = name.lower()
             if name == b"content-length":
                 length = int(value)
@@ -453,7 +460,7 @@ class HttpProtocol(asyncio.Protocol):
             path = unquote(path)
         scope: dict[str, Any] = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "asgi": _ASGI,
             "http_version": version,
             "server": self.server,
             "client": self.client,
@@ -505,10 +512,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start(self, exchange: _Exchange, app: App) -> None:
         self.current = exchange
-        task = self.loop.create_task(exchange.run(app))
-        tasks = self.state.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        task = exchange.task = self.loop.create_task(exchange.run(app))
+        self.state.tasks.add(task)
 
     def _busy(self) -> bool:
         return self.current is not None and not self.current.complete
