@@ -53,7 +53,7 @@ Port = Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")]
 
 
 def _load(path: Path) -> GatewayConfig:
-    # Imported here: the other commands need neither aiohttp nor uvicorn.
+    # Imported here: the other commands need neither uvicorn nor httptools.
     try:
         from eventtrail.gateway.config import load_gateway_config
     except ImportError as error:
