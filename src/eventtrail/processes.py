@@ -1,18 +1,48 @@
-"""Child processes that the terminal's Ctrl-C does not reach.
+"""Child processes that the terminal's Ctrl-C does not reach, and that do
+not outlive their parent.
 
 Ctrl-C signals the whole foreground process group, children included. A
 child that its parent stops in order (the gateway's queue process, the
 read-model follower) must not die of it halfway, not even while it is still
 importing, before it can ignore SIGINT itself: it is started with SIGINT
 blocked, a mask that survives exec, and ignores it once running.
+
+A parent killed by SIGKILL stops nothing in order; a child that asked for it
+(:func:`terminate_with_parent`) then gets SIGTERM from the kernel instead of
+living on as an orphan holding a port.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import signal
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
-__all__ = ["ignore_interrupts", "start_shielded"]
+__all__ = ["ignore_interrupts", "start_shielded", "terminate_with_parent"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _find_prctl() -> Callable[[int, int], int] | None:
+    with contextlib.suppress(OSError, AttributeError):
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    return None
+
+
+# Resolved at import, before any fork: a child between fork and exec only
+# calls it. Linux's alone; elsewhere there is nothing to ask for.
+_prctl = _find_prctl()
+
+
+def terminate_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies
+    (Linux ``PR_SET_PDEATHSIG``), even by SIGKILL. Safe between fork and
+    exec (a ``preexec_fn``)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_shielded(process: BaseProcess) -> None:

@@ -15,7 +15,6 @@ the next run's follower resumes where the last one stopped.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import pwd
@@ -34,6 +33,7 @@ from eventtrail.config import Settings, open_queue
 from eventtrail.gateway.config import GatewayConfig, Route
 from eventtrail.ingest import FORMATS, IngestCounts, Ingestor, Line
 from eventtrail.ingest.nginx import LOG_FORMAT
+from eventtrail.processes import terminate_with_parent
 from eventtrail.queue import QueueError
 from eventtrail.retry import Backoff
 
@@ -56,10 +56,6 @@ START_SECONDS = 15.0
 SHUTDOWN_SECONDS = 5
 #: How long the follower may take to read the rest of the log at the end.
 FINISH_SECONDS = 30.0
-
-_PR_SET_PDEATHSIG = 1
-# Resolved before any fork, so that the child only calls it; Linux's alone.
-_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
 class NginxFailed(RuntimeError):
@@ -142,13 +138,6 @@ def _free_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # In the child between fork and exec: nginx gets SIGTERM (a fast
-    # shutdown) when the demo dies, even by SIGKILL, so it is never orphaned.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class NginxGateway:
@@ -235,7 +224,9 @@ class NginxGateway:
                 # Ctrl-C in a terminal signals the whole foreground group: nginx
                 # stays out of it, and stops when and how the demo says.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                # nginx gets SIGTERM (a fast shutdown) when the demo dies,
+                # even by SIGKILL, so it is never orphaned.
+                preexec_fn=terminate_with_parent,
             )
         self._wait_until_listening(self._process, startup)
 

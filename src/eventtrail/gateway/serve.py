@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import multiprocessing
@@ -32,7 +31,7 @@ from eventtrail.gateway.protocol import http_protocol
 from eventtrail.gateway.proxy import GatewayApp, build_app
 from eventtrail.gateway.publisher import Publisher, PublisherCounts
 from eventtrail.gateway.spill import SpillFile
-from eventtrail.processes import ignore_interrupts, start_shielded
+from eventtrail.processes import ignore_interrupts, start_shielded, terminate_with_parent
 from eventtrail.queue import Queue
 from eventtrail.retry import Backoff
 from eventtrail.web.server import bind, port_unavailable
@@ -274,13 +273,9 @@ def _stop_with_parent(parent: int) -> None:
     """Have the kernel send this process SIGTERM when its parent dies (Linux
     ``PR_SET_PDEATHSIG``), so that a supervisor killed by SIGKILL leaves no
     worker holding the port; exit now if the parent is already gone."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    terminate_with_parent()
     if os.getppid() != parent:
         raise SystemExit(0)
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _worker_main(
