@@ -63,6 +63,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     headers = [(b"content-type", b"text/plain")]
     if path == "/header":
         headers.append((b"x-value", header_values[-1]))
+    if path == "/negative-length":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"-1")]})
+        return
     answer = f"{scope['method']} {path} {size} {digest.hexdigest()[:16]}".encode()
     headers.append((b"content-length", str(len(answer)).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -143,6 +146,12 @@ def test_a_response_without_length_is_chunked_and_head_has_no_body(server: Gatew
     answer = exchange(server, b"HEAD /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\n")
     assert b"content-length: " in answer
+
+
+def test_a_negative_content_length_is_never_sent(server: GatewayServer) -> None:
+    answer = exchange(server, b"GET /negative-length HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"-1" not in answer
 
 
 def test_an_application_that_fails_gets_500_or_a_cut_connection(server: GatewayServer) -> None:

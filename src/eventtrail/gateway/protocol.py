@@ -271,6 +271,8 @@ class _Exchange:
         head = b"".join(parts)
         if _VALID_HEAD.fullmatch(head) is None:
             raise RuntimeError("invalid response header name or value")
+        if length is not None and length < 0:
+            raise RuntimeError(f"invalid response content-length {length}")
         self.remaining = length or 0
         self.started = True
         self.expect_continue = False
