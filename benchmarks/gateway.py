@@ -3,8 +3,9 @@ alone, (b) the gateway in front of it with event recording off, (c) the
 gateway recording every call into the embedded queue, and (n) nginx in front
 of the same upstream writing a JSON access log, in one run.
 
-Each server is its own process on a loopback port (uvicorn; the gateway with
-uvloop and httptools when installed; nginx with one worker, no master); the
+Each server is its own process on a loopback port (the upstream on uvicorn;
+the gateway as ``eventtrail gateway`` runs it, with its own HTTP protocol on
+uvloop; nginx with one worker, no master); the
 load generator is ``wrk`` (Debian: ``apt-get install wrk nginx``) with a
 fixed number of connections. Rounds alternate a, b, c, n so that the
 machine's noise falls on all of them alike; the figures are the medians of
