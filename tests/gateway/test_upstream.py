@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -325,6 +326,42 @@ def test_silence_past_the_read_timeout_is_a_timeout() -> None:
 
         with pytest.raises(TimeoutError):
             run(go)
+
+
+def test_the_read_timeout_counts_from_the_last_piece_not_from_the_request() -> None:
+    """A body that keeps coming, each piece well within the timeout, is read
+    to its end however long it takes in all; then a silence past the timeout,
+    on the same connection, is a timeout, and one that came soon enough not."""
+    pieces = 8
+
+    def trickling(sock: socket.socket, state: Scripted) -> None:
+        read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(pieces):
+            time.sleep(0.1)
+            sock.sendall(b"1\r\nx\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        read_request(sock)
+        time.sleep(0.1)
+        sock.sendall(OK)
+        read_request(sock)
+        sock.recv(1)  # silent until the client gives up
+
+    with scripted(trickling) as server:
+
+        async def go(pool: UpstreamPool) -> tuple[bytes, bytes, float]:
+            _, _, trickled = await exchange(pool, server.port, head(), read_timeout=0.3)
+            _, _, prompt = await exchange(pool, server.port, head(), read_timeout=0.3)
+            began = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await exchange(pool, server.port, head(), read_timeout=0.3)
+            return trickled, prompt, time.monotonic() - began
+
+        trickled, prompt, waited = run(go)
+    assert trickled == b"x" * pieces  # 0.8 s in all, with a 0.3 s timeout
+    assert prompt == b"hello"
+    assert 0.25 <= waited < 1.5
+    assert len(server.connections) == 1
 
 
 def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:

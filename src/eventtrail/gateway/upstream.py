@@ -62,6 +62,9 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout: float | None = None
+        self._deadline = 0.0
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._reading_paused = False
@@ -78,6 +81,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.origin.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         response = self._response
         if response is not None and not response.complete:
             if response.head_done and not response.framed:
@@ -208,18 +214,37 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     async def wait(self, timeout: float | None) -> None:
-        """Until the parser has news (a head, a chunk, the end) or fails."""
+        """Until the parser has news (a head, a chunk, the end) or fails,
+        or ``timeout`` seconds passed without any (:class:`TimeoutError`)."""
         if self._error is not None:
             raise self._error
         waiter = self.loop.create_future()
         self._waiter = waiter
-        timer = self.loop.call_later(timeout, _expire, waiter, timeout) if timeout is not None else None
+        self._timeout = timeout
+        if timeout is not None:
+            deadline = self._deadline = self.loop.time() + timeout
+            # One timer per connection, not one per wait: a wait only notes
+            # its deadline, and the timer is moved only to an earlier one.
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.loop.call_at(deadline, self._check_deadline)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        timeout = self._timeout
+        if waiter is None or waiter.done() or timeout is None:
+            return  # nothing waits (the next wait sets the timer again)
+        if self.loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError(f"the upstream sent nothing for {timeout:g}s"))
+        else:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
     async def drain(self) -> None:
         if self._writing_paused and not self.closed:
@@ -253,11 +278,6 @@ class _Connection(asyncio.Protocol):
             self.origin.keep(self)
         else:
             self._close()
-
-
-def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError(f"the upstream sent nothing for {timeout:g}s"))
 
 
 class UpstreamResponse:
