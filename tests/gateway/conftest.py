@@ -3,7 +3,9 @@ queue in the test's folder."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,23 @@ def queued_events(path: Path) -> list[Event]:
         messages = queue.receive(100_000, visibility_timeout=600)
         queue.release(messages, delay=0, error="")
     return [parse_event(message.body) for message in messages]
+
+
+def read_answer(sock: socket.socket, timeout: float) -> bytes:
+    """What the server sent until it closed (or was silent for ``timeout`` seconds)."""
+    sock.settimeout(timeout)
+    chunks: list[bytes] = []
+    with suppress(OSError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """``data`` sent on a new connection to ``port``; what came back (:func:`read_answer`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_answer(sock, timeout)
 
 
 GatewayFactory = Callable[..., GatewayServer]

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.conftest import GatewayFactory
+from tests.gateway.conftest import GatewayFactory, read_answer
 from tests.servers import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -86,16 +86,6 @@ def started(tmp_path: Path, upstream_url: str) -> Iterator[Started]:
     the end of the test)."""
     with ExitStack() as stack:
         yield lambda server: stack.enter_context(gateway_process(tmp_path, upstream_url, server))
-
-
-def read_answer(sock: socket.socket, timeout: float) -> bytes:
-    """What the server sent until it closed (or ``timeout`` passed)."""
-    sock.settimeout(timeout)
-    chunks: list[bytes] = []
-    with suppress(OSError):
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_huge_headers_get_431_and_memory_stays_bounded(started: Started) -> None:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventtrail.gateway.serve import GatewayServer
+from tests.gateway.conftest import raw_exchange
 
 Scope = dict[str, Any]
 
@@ -84,16 +85,8 @@ def server() -> Iterator[GatewayServer]:
         yield running
 
 
-def exchange(server: GatewayServer, data: bytes, *, timeout: float = 5.0) -> bytes:
-    """What the server sends back for ``data``, until it closes the
-    connection or is silent for ``timeout`` seconds."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        with suppress(OSError):
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
+def exchange(server: GatewayServer, data: bytes) -> bytes:
+    return raw_exchange(server.port, data)
 
 
 def test_pipelined_requests_are_answered_in_order(server: GatewayServer) -> None:
