@@ -226,6 +226,20 @@ def test_the_server_still_answers_after_the_fuzzing(server: GatewayServer) -> No
             assert client.get(f"{server.url}/echo/{n}").text.startswith(f"GET /echo/{n} 0 ")
 
 
+def test_an_upgrade_is_answered_as_a_plain_request_and_the_connection_closes(
+    server: GatewayServer,
+) -> None:
+    answer = exchange(
+        server,
+        b"GET /echo/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        b"\x81\x85not http",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"connection: close\r\n" in answer
+    assert answer.endswith(b"GET /echo/ws 0 e3b0c44298fc1c14")
+
+
 def test_garbage_is_answered_400_and_closed(server: GatewayServer) -> None:
     answer = exchange(server, b"\x00\x01 not http at all\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")

@@ -81,7 +81,9 @@ _HIGH_WATER = 64 * 1024
 # Requests parsed ahead of their turn (pipelining) past this pause reading.
 _MAX_PIPELINED = 16
 # After a refusal, what the client still sends is read and thrown away for
-# at most this long before the connection closes.
+# at most this long before the connection closes, so that the client's kernel
+# does not reset the connection before the client read the answer (nginx's
+# lingering close).
 _LINGER_SECONDS = 2.0
 
 
