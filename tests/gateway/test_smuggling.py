@@ -78,27 +78,25 @@ def exchange(gateway: GatewayServer, payload: bytes) -> list[tuple[int, bytes]]:
     return got
 
 
+# Each outer request asks to close: its answer ends with the connection.
+POST = b"POST /echo/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
 PAYLOADS = {
-    "CL.TE": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n%b" % (N + 5, SMUGGLED),
-    "TE.CL": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"%x\r\n%b\r\n0\r\n\r\n" % (N, SMUGGLED),
-    "two lengths": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n%b"
-    % (N, SMUGGLED),
-    "length with a sign": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: +%d\r\n\r\n%b"
-    % (N, SMUGGLED),
-    "space before the colon": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n"
-    b"Content-Length: 5\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "chunked not last": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n"
-    b"0\r\n\r\n" + SMUGGLED,
-    "folded coding": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"
+    "CL.TE": POST
+    + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n%b" % (N + 5, SMUGGLED),
+    "TE.CL": POST
+    + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (N, SMUGGLED),
+    "two lengths": POST + b"Content-Length: 0\r\nContent-Length: %d\r\n\r\n%b" % (N, SMUGGLED),
+    "length with a sign": POST + b"Content-Length: +%d\r\n\r\n%b" % (N, SMUGGLED),
+    "space before the colon": POST
+    + b"Transfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
     + SMUGGLED,
-    "bad chunk size": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"0x%x\r\n%b\r\n0\r\n\r\n" % (N, SMUGGLED),
-    "bare line feeds": b"POST /echo/a HTTP/1.1\nHost: x\nContent-Length: %d\n\n%b" % (N, SMUGGLED),
-    "a request as the body": b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b"
+    "chunked not last": POST + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    "folded coding": POST + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    "bad chunk size": POST + b"Transfer-Encoding: chunked\r\n\r\n0x%x\r\n%b\r\n0\r\n\r\n" % (N, SMUGGLED),
+    "bare line feeds": b"POST /echo/a HTTP/1.1\nHost: x\nConnection: close\nContent-Length: %d\n\n%b"
     % (N, SMUGGLED),
-    "a GET with a body": b"GET /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b" % (N, SMUGGLED),
+    "a request as the body": POST + b"Content-Length: %d\r\n\r\n%b" % (N, SMUGGLED),
+    "a GET with a body": POST.replace(b"POST", b"GET") + b"Content-Length: %d\r\n\r\n%b" % (N, SMUGGLED),
 }
 
 
