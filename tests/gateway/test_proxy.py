@@ -3,16 +3,24 @@ events each call leaves in the queue."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from eventtrail.calls import ERROR, REQUEST, RESPONSE
+from eventtrail.embedded.queue import SQLiteQueue
+from eventtrail.gateway import GatewayApp, parse_gateway_config
+from eventtrail.gateway.publisher import Publisher
+from eventtrail.gateway.spill import SpillFile
 from tests.gateway.conftest import GatewayFactory, queued_events
 from tests.gateway.upstreams import resetting_server
 from tests.servers import free_port
@@ -254,6 +262,51 @@ def test_a_silent_upstream_is_504_timeout(
     _, error = queued_events(tmp_path / "queue.db")
     assert (error.type, error.data["Name"], error.data["error"]) == (ERROR, "Slow", "timeout")
     assert 250 <= error.data["elapsedMs"] < 1900
+
+
+def test_a_response_head_the_server_refuses_is_a_recorded_502(upstream_url: str, tmp_path: Path) -> None:
+    """Should the server refuse the head the upstream sent (no upstream can
+    make it do so today: its parser refuses first), the call still ends
+    with an answer and an event."""
+    config = parse_gateway_config(
+        {"routes": [{"prefix": "/echo", "service": "Echo", "upstream": upstream_url}]}
+    )
+    publisher = Publisher(SQLiteQueue(tmp_path / "queue.db"), SpillFile(tmp_path / "spill.db")).start()
+    app = GatewayApp(config, publisher)
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start" and not sent:
+            sent.append({"refused": message["status"]})
+            raise RuntimeError("invalid response header name or value")
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/echo/x",
+        "raw_path": b"/echo/x",
+        "query_string": b"",
+        "headers": [(b"host", b"gw")],
+        "client": ("127.0.0.1", 5000),
+        "scheme": "http",
+    }
+
+    async def call() -> None:
+        await app(scope, receive, send)
+        await app.shutdown()
+
+    asyncio.run(call())
+    publisher.close()
+    assert sent[0] == {"refused": 200}
+    assert sent[1]["status"] == 502
+    assert msgspec.json.decode(sent[2]["body"])["error"] == "the upstream service could not be reached"
+    request, error = queued_events(tmp_path / "queue.db")
+    assert (request.type, error.type, error.data["error"]) == (REQUEST, ERROR, "error")
+    assert "response head cannot be passed on" in error.data["detail"]
 
 
 def test_metrics_count_requests_and_events(make_gateway: GatewayFactory) -> None:

@@ -442,7 +442,14 @@ class GatewayApp:
             status = upstream.status
             out_headers = _downstream_headers(upstream.raw_headers)
             out_headers.append((b"x-request-id", request_id.encode("latin-1")))
-            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            except RuntimeError as refused:
+                # The server would not send this head (a field it refuses):
+                # the call failed, and is recorded and answered as such.
+                raise UpstreamProtocolError(
+                    f"the upstream's response head cannot be passed on: {refused}"
+                ) from None
             response_started = True
             bytes_out = 0
             read_timeout = route.read_timeout
