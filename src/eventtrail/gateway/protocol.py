@@ -6,8 +6,9 @@ uvicorn's own protocol gives every request a response cycle object, an
 ``asyncio.Event``, a keep-alive timer set and cancelled, and two regular
 expressions per response header; it bounds neither the size of a request
 head nor the time a client takes to send it. On the proxy's path that was a
-third of its CPU per request (docs/benchmarks.md). This protocol does what
-the gateway's clients need and bounds what one client may hold:
+large share of its CPU per request (docs/benchmarks.md, gateway section).
+This protocol does what the gateway's clients need and bounds what one
+client may hold:
 
 - a request head larger than ``max_header_bytes`` is answered 431, one not
   complete within ``header_timeout`` 408 (a connection that never sent a
@@ -20,7 +21,7 @@ the gateway's clients need and bounds what one client may hold:
 - a response's head leaves with its first body piece in one ``send()``
   (or at the end of the event loop's iteration if no body follows at once);
 - pipelined requests are answered in order, one at a time, reading paused
-  while one waits;
+  while too many wait or a request body waits to be read;
 - a response head the application made is checked as a whole (RFC 9110
   field names and values) before it is written.
 
