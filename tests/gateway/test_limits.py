@@ -133,6 +133,33 @@ def test_huge_headers_get_431_and_memory_stays_bounded(started: Started) -> None
     assert httpx.get(f"{gateway.url}/echo/after").status_code == 200
 
 
+def test_a_flood_of_pipelined_requests_is_parsed_only_a_little_ahead(started: Started) -> None:
+    """Each parsed request holds memory until it is answered: a client that
+    pipelines megabytes of tiny requests behind a slow one must not make the
+    gateway parse them all (it did: about 5 MiB per connection)."""
+    gateway = started("")
+    for _ in range(5):
+        assert httpx.get(f"{gateway.url}/echo/warm").status_code == 200
+    before = gateway.rss()
+    flood = b"GET /echo/x HTTP/1.1\r\nHost: gw\r\n\r\n" * 50_000
+    clients = []
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", gateway.port))
+            clients.append(sock)
+            sock.sendall(b"GET /echo/slow HTTP/1.1\r\nHost: gw\r\n\r\n")
+            sock.setblocking(False)
+            with suppress(BlockingIOError):
+                sock.send(flood)  # as much as the kernel's buffers take
+        time.sleep(1.0)
+        grown = gateway.rss() - before
+    finally:
+        for sock in clients:
+            sock.close()
+    assert grown < 20 * MIB, f"RSS grew by {grown / MIB:.1f} MiB"
+    assert httpx.get(f"{gateway.url}/echo/after").status_code == 200
+
+
 def test_a_slow_head_is_cut_after_the_header_timeout(started: Started) -> None:
     gateway = started("header_timeout = 1.0")
     trickling = socket.create_connection(("127.0.0.1", gateway.port))

@@ -102,6 +102,23 @@ def test_pipelined_requests_are_answered_in_order(server: GatewayServer) -> None
     assert b"connection: close\r\n" in last and last.endswith(b"GET /echo/4 0 e3b0c44298fc1c14")
 
 
+def test_a_burst_of_pipelined_requests_with_bodies_is_answered_whole_and_in_order(
+    server: GatewayServer,
+) -> None:
+    # Far more than is parsed ahead at a time: the rest waits, read but not
+    # parsed, and is parsed as answers make room.
+    count = 600
+    requests = b"".join(
+        b"POST /echo/%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%b\r\n%b"
+        % (n, n, b"Connection: close\r\n" if n == count - 1 else b"", b"x" * n)
+        for n in range(count)
+    )
+    answer = exchange(server, requests)
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == count
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in answer.split(b"HTTP/1.1 200 OK\r\n")[1:]]
+    assert [body.split(b" ")[1:3] for body in bodies] == [[b"/echo/%d" % n, b"%d" % n] for n in range(count)]
+
+
 def test_a_chunked_request_body_arrives_whole(server: GatewayServer) -> None:
     pieces = [b"a" * 10, b"b" * 70_000, b"c"]
     body = b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"

@@ -81,6 +81,9 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _HIGH_WATER = 64 * 1024
 # Requests parsed ahead of their turn (pipelining) past this pause reading.
 _MAX_PIPELINED = 16
+# Bytes parsed at a time when a read brings more: parsing stops between two
+# slices once reading has to pause.
+_FEED_SLICE = 1024
 # After a refusal, what the client still sends is read and thrown away for
 # at most this long before the connection closes, so that the client's kernel
 # does not reset the connection before the client read the answer (nginx's
@@ -180,25 +183,33 @@ class _Exchange:
         )
         await self.send({"type": "http.response.body", "body": b"Internal Server Error"})
 
+    def _waiting(self) -> bool:
+        """Nothing to hand the application yet (or all of it went), and the
+        request is neither over nor gone."""
+        return not (self.disconnected or self.complete) and (
+            self.delivered or not (self.body or not self.more_body)
+        )
+
     async def receive(self) -> Message:
         protocol = self.protocol
         if self.expect_continue and not protocol.transport.is_closing():
             self.expect_continue = False
             protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while (
-            not self.disconnected
-            and not self.complete
-            and (self.delivered or (not self.body and self.more_body))
-        ):
+        while self._waiting():
+            # Resuming may parse bytes read before a pause, and with them
+            # the body this waits for.
             protocol.resume_reading()
-            await self._wait()
+            if self._waiting():
+                await self._wait()
         if self.disconnected or self.complete:
             return {"type": "http.disconnect"}
         body = bytes(self.body)
         self.body.clear()
-        self.delivered = not self.more_body
+        more = self.more_body
+        self.delivered = not more
+        # After the message is made: resuming may parse more of the body.
         protocol.resume_reading()
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+        return {"type": "http.request", "body": body, "more_body": more}
 
     async def send(self, message: Message) -> None:
         protocol = self.protocol
@@ -343,6 +354,9 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._flush_due = False
+        # Bytes read and not all parsed yet, and how far they were (see _feed_unparsed).
+        self._unparsed = b""
+        self._parsed_to = 0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._expect_continue = False
@@ -386,12 +400,41 @@ class HttpProtocol(asyncio.Protocol):
                 exchange.disconnected = True
                 exchange.wake()
         self.pipeline.clear()
+        self._unparsed, self._parsed_to = b"", 0
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self._upgraded:
             return
+        if len(data) <= _FEED_SLICE and not self._unparsed:
+            self._feed(data)
+            return
+        if self._unparsed:
+            data = self._unparsed[self._parsed_to :] + data
+        self._unparsed, self._parsed_to = data, 0
+        self._feed_unparsed()
+
+    def _feed_unparsed(self) -> None:
+        """Parse what was read a slice at a time, until all of it is parsed or
+        reading had to pause (requests parsed too far ahead of their turn, or
+        a body the application has not read yet); the rest waits, unparsed,
+        for :meth:`resume_reading`. One read can hold thousands of pipelined
+        requests, and each request parsed holds memory until it is answered."""
+        data = self._unparsed
+        position = self._parsed_to
+        view = memoryview(data)
+        while position < len(data) and not (self._reading_paused or self._refused or self._upgraded):
+            self._feed(view[position : position + _FEED_SLICE])
+            position += _FEED_SLICE
+        if position >= len(data) or self._refused or self._upgraded or self.transport.is_closing():
+            self._unparsed, self._parsed_to = b"", 0
+        else:
+            # Kept whole, with where parsing stopped: no copy per pause.
+            self._parsed_to = position
+            self.pause_reading()
+
+    def _feed(self, data: bytes | memoryview) -> None:
         if self._awaiting_head:
             self._head_bytes += len(data)
         try:
@@ -488,7 +531,7 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive = False
         exchange = self.parsing = _Exchange(self, scope, keep_alive, self._expect_continue)
         current = self.current
-        if current is None or current.complete:
+        if (current is None or current.complete) and not self.pipeline:
             self._start(exchange, app)
         else:
             self.pipeline.append((exchange, app))
@@ -540,14 +583,14 @@ class HttpProtocol(asyncio.Protocol):
         self.state.total_requests += 1
         if self.transport.is_closing():
             return
+        # Resuming may parse requests read before a pause: the next one in
+        # line starts first, and the wait for a head is noted before.
         if self.pipeline:
             exchange, app = self.pipeline.popleft()
-            self.resume_reading()
             self._start(exchange, app)
-            return
-        self.resume_reading()
-        if not self._message_open:
+        elif not self._message_open:
             self._await_head(after_response=True)
+        self.resume_reading()
 
     def pause_reading(self) -> None:
         if not self._reading_paused:
@@ -555,11 +598,15 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._reading_paused and len(self.pipeline) < _MAX_PIPELINED:
+        if self._reading_paused and len(self.pipeline) < _MAX_PIPELINED and not self.transport.is_closing():
             exchange = self.parsing
             if exchange is None or len(exchange.body) <= _HIGH_WATER:
                 self._reading_paused = False
-                self.transport.resume_reading()
+                if self._unparsed:
+                    # What was read before the pause comes first (it may pause again).
+                    self._feed_unparsed()
+                if not self._reading_paused:
+                    self.transport.resume_reading()
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: close now if idle, else after the
