@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from eventtrail.calls import GATEWAY
 from eventtrail.gateway.config import Recording
-from eventtrail.gateway.proxy import Receive, Scope, Send
+from eventtrail.gateway.protocol import Receive, Scope, Send
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.recorder import CallRecorder
 from eventtrail.gateway.records import Call

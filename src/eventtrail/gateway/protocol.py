@@ -51,11 +51,12 @@ __all__ = ["HttpProtocol", "http_protocol"]
 
 log = logging.getLogger(__name__)
 
+# ASGI's types, as the gateway's app and hooks take them.
+Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-App = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-    Awaitable[None],
-]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _status_line(status: int) -> bytes:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import errno
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator
 from urllib.parse import quote, unquote
 
 import msgspec
@@ -24,6 +23,7 @@ from yarl import URL
 
 from eventtrail.gateway.config import GatewayConfig, Route
 from eventtrail.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from eventtrail.gateway.protocol import Receive, Scope, Send
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.recorder import CallRecorder
 from eventtrail.gateway.requestid import request_id_from, request_id_from_headers
@@ -37,10 +37,6 @@ from eventtrail.gateway.upstream import (
 
 __all__ = ["ClientDisconnected", "GatewayApp", "TargetRefused", "build_app", "error_kind", "normalise_path"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 # (Proxy-Authorization is for this proxy; it is not passed on either.)
