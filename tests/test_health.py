@@ -281,15 +281,33 @@ def test_a_service_turned_slow_says_since_when_from_its_latencies(store: Store) 
         assert b.faulty_since == format_moment(turned.replace(second=0))
 
 
-def test_a_long_window_reads_hours_not_minutes(store: SQLiteStore) -> None:
+def test_a_run_that_starts_inside_a_six_hour_bucket_is_found_to_its_minute(store: Store) -> None:
+    turned = datetime(2024, 2, 29, 19, 25, 30, tzinfo=UTC)
+    # Ten calls every five minutes for 30 hours; half of them fail from `turned` on.
+    slot = UNTIL - timedelta(hours=30) + timedelta(seconds=30)
+    while slot < UNTIL + timedelta(minutes=13):
+        failures = ["500"] * 5 if slot >= turned else []
+        store.append(calls("B", [20.0] * 10, start=slot, failures=failures))
+        slot += timedelta(minutes=5)
+    # The 6-hour bucket of 18:00, its hour of 19:00, then that hour's minutes.
+    for window, until in ((timedelta(hours=24), UNTIL), (timedelta(hours=26), UNTIL + timedelta(minutes=13))):
+        report = service_health(store, window, until=until)
+        [b] = report.services
+        assert b.status == "faulty", report.verdict
+        assert b.faulty_since == format_moment(turned.replace(second=0))
+
+
+def test_a_long_window_reads_coarse_buckets_not_minutes(store: SQLiteStore) -> None:
     start = UNTIL - timedelta(hours=20)
     for hour in range(20):
         store.append(calls("A", [10.0 + hour] * 30, start=start + timedelta(hours=hour, minutes=7)))
     models = store.read_models
     rows = models.covering(UNTIL - timedelta(hours=20, minutes=30), UNTIL, service="A")
     steps = sorted({key.step for key, _ in rows})
-    assert steps == ["1h"] or steps == ["1h", "1m"]
-    assert len(rows) <= 20 + 2 * 60
+    # 15:30 to 12:00 the next day: 30 minutes (no calls), the hours of 16:00
+    # and 17:00, then three 6-hour buckets.
+    assert steps == ["1h", "6h"]
+    assert len(rows) == 2 + 3
     report = service_health(store, timedelta(hours=20, minutes=30), until=UNTIL)
     assert report.services[0].calls == 600
     assert report.services[0].p50_ms == pytest.approx(19.0, rel=0.01)

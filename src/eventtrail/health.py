@@ -1,8 +1,8 @@
 """Service health: per upstream service, how many calls, how many failed, how
 slow, which service is faulty and why, and since when.
 
-Read from the read models (:mod:`eventtrail.readmodels`): per-minute and
-per-hour rollups, so a window of any length costs a bounded number of
+Read from the read models (:mod:`eventtrail.readmodels`): per-minute,
+per-hour and per-six-hour rollups, so a window of any length costs a bounded number of
 buckets per service, never a read of its events. Windows are whole minutes:
 the window ends at ``until`` rounded up to a minute.
 
@@ -30,6 +30,8 @@ either way.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import operator
 from collections.abc import Callable, Iterable
@@ -38,7 +40,14 @@ from typing import Literal
 
 import msgspec
 
-from eventtrail.readmodels.model import FAILURE_KINDS, Rollup, RollupKey, minute_ceiling, minute_floor
+from eventtrail.readmodels.model import (
+    FAILURE_KINDS,
+    STEPS,
+    Rollup,
+    RollupKey,
+    minute_ceiling,
+    minute_floor,
+)
 from eventtrail.readmodels.port import BucketCount, ReadModels, read_models_of
 from eventtrail.readmodels.sketch import SketchSum
 from eventtrail.store import Store
@@ -56,6 +65,9 @@ __all__ = [
 ]
 
 ServiceStatus = Literal["ok", "faulty", "too few calls"]
+
+#: Each stored step's next finer one, where a walk back goes on within a bucket.
+_FINER: dict[str, str] = {coarser: finer for finer, coarser in itertools.pairwise(STEPS)}
 
 
 class HealthThresholds(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -130,7 +142,7 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 class _Tally:
     """Calls of one service (or of one caller to one service)."""
 
-    __slots__ = ("_parts", "_sum", "_tallies", "calls", "failures")
+    __slots__ = ("_parts", "_percentiles", "_sum", "_tallies", "calls", "failures")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -140,6 +152,7 @@ class _Tally:
         self._parts: list[Rollup] = []
         self._tallies: list[_Tally] = []
         self._sum: SketchSum | None = None
+        self._percentiles: list[float | None] | None = None
 
     @property
     def errors(self) -> int:
@@ -155,8 +168,11 @@ class _Tally:
             self._parts, self._tallies = [], []
         return self._sum
 
-    def quantiles(self, *qs: float) -> list[float | None]:
-        return self.latencies().quantiles(*qs)
+    def percentiles(self) -> list[float | None]:
+        """p50, p95 and p99, read once (one walk of the sum gives all three)."""
+        if self._percentiles is None:
+            self._percentiles = self.latencies().quantiles(0.5, 0.95, 0.99)
+        return self._percentiles
 
     def add(self, rollup: Rollup) -> None:
         self._count(rollup.calls, rollup.failures)
@@ -174,6 +190,7 @@ class _Tally:
             self._tallies.append(tally)
 
     def _count(self, calls: int, failures: list[int]) -> None:
+        self._percentiles = None
         self.calls += calls
         self.failures = list(map(operator.add, self.failures, failures))
 
@@ -190,8 +207,18 @@ class _Calls:
         for (caller, service, _), rollup in models.rollups(since, until).items():
             if rollup.calls:
                 self.edges.setdefault((caller, service), _Tally()).add(rollup)
+        callers: dict[str, list[_Tally]] = {}
         for (_, service), edge in self.edges.items():
-            self.services.setdefault(service, _Tally()).add_tally(edge)
+            callers.setdefault(service, []).append(edge)
+        for service, edges in callers.items():
+            if len(edges) == 1:
+                # One caller: the service's calls are that edge's (and its
+                # latencies are read once for both).
+                self.services[service] = edges[0]
+                continue
+            tally = self.services[service] = _Tally()
+            for edge in edges:
+                tally.add_tally(edge)
 
 
 def _milliseconds(value: float) -> str:
@@ -224,9 +251,9 @@ def _judge(
     thresholds: HealthThresholds,
     window: timedelta,
 ) -> ServiceHealth:
-    p50, p95, p99 = tally.quantiles(0.5, 0.95, 0.99)
+    p50, p95, p99 = tally.percentiles()
     baseline_calls = baseline.calls if baseline else 0
-    baseline_p95 = baseline.quantiles(0.95)[0] if baseline else None
+    baseline_p95 = baseline.percentiles()[1] if baseline else None
     errors = tally.errors
     rate = errors / tally.calls if tally.calls else 0.0
     failures = tally.failures_by_kind()
@@ -310,8 +337,9 @@ def _faulty_since(
     models: ReadModels, health: ServiceHealth, since: datetime, until: datetime, thresholds: HealthThresholds
 ) -> str | None:
     """When the service turned faulty, within the window: read on the
-    buckets covering it (minutes at its edges, hours between), then, when
-    the run starts on an hour, on that hour's minutes."""
+    buckets covering it (minutes at its edges, coarser buckets between),
+    then, while the run starts on a coarser bucket, on that bucket's buckets
+    of the next finer step."""
     service = health.service
     start = _run_start(
         models.bucket_counts(since, until, service=service),
@@ -319,22 +347,25 @@ def _faulty_since(
         health,
         thresholds,
     )
-    if start is None or start.step == "1m":
-        return start.bucket if start else None
-    hour = moment_of(start.bucket)
-    end = hour + timedelta(hours=1)
-    first = _run_start(
-        models.bucket_counts(hour, end, service=service, step="1m"),
-        lambda: models.buckets(hour, end, service=service),
-        health,
-        thresholds,
-    )
-    return first.bucket if first else start.bucket
+    while start is not None and start.step in _FINER:
+        step = _FINER[start.step]
+        begin = moment_of(start.bucket)
+        end = begin + timedelta(seconds=STEPS[start.step])
+        first = _run_start(
+            models.bucket_counts(begin, end, service=service, step=step),
+            functools.partial(models.buckets, begin, end, service=service, step=step),
+            health,
+            thresholds,
+        )
+        if first is None:
+            break
+        start = first
+    return start.bucket if start else None
 
 
 def _edges(edges: dict[tuple[str, str], _Tally]) -> Iterable[ServiceEdge]:
     for (source, service), tally in sorted(edges.items()):
-        p50, p95 = tally.quantiles(0.5, 0.95)
+        p50, p95, _ = tally.percentiles()
         yield ServiceEdge(
             source=source,
             service=service,

@@ -12,6 +12,7 @@ on them, so they also pass on a store that holds other events.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import random
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from eventtrail.calls import call_error, call_request, call_response
 from eventtrail.event import Event
 from eventtrail.ids import uuid7_str
 from eventtrail.readmodels import ReadModels, RequestQuery, read_models_of
-from eventtrail.readmodels.model import ALL_OPERATIONS, UNKNOWN_OPERATION, Rollup
+from eventtrail.readmodels.model import ALL_OPERATIONS, STEPS, UNKNOWN_OPERATION, Rollup, bucket_start
 from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch
 from eventtrail.store import AppendStatus, InvalidCursor, Store
 from eventtrail.times import format_moment
@@ -94,16 +95,13 @@ def by_operation(models: ReadModels, service: str, since: datetime, until: datet
 
 
 def snapshot(models: ReadModels, service: str, since: datetime, until: datetime) -> dict[str, Any]:
-    """Everything the read models say of ``service``: per minute, per operation
-    and whole, and its requests."""
-    minutes = {
-        (key.bucket, key.operation): (rollup.calls, rollup.failures, rollup.sketch.to_bytes())
-        for key, rollup in models.buckets(since, until, service=service, operations=True)
-        if rollup.calls
-    }
-    minutes |= {
-        (key.bucket, key.operation): (rollup.calls, rollup.failures, rollup.sketch.to_bytes())
-        for key, rollup in models.buckets(since, until, service=service)
+    """Everything the read models say of ``service``: per bucket of every
+    step, per operation and whole, and its requests."""
+    buckets = {
+        (key.step, key.bucket, key.operation): (rollup.calls, rollup.failures, rollup.sketch.to_bytes())
+        for step in STEPS
+        for operations in (True, False)
+        for key, rollup in models.buckets(since, until, service=service, operations=operations, step=step)
         if rollup.calls
     }
     whole = {
@@ -112,7 +110,7 @@ def snapshot(models: ReadModels, service: str, since: datetime, until: datetime)
         if rollup.calls
     }
     requests = msgspec.to_builtins(all_requests(models, RequestQuery(service=service)))
-    return {"minutes": minutes, "whole": whole, "requests": requests}
+    return {"buckets": buckets, "whole": whole, "requests": requests}
 
 
 def all_requests(models: ReadModels, query: RequestQuery, *, limit: int = 7) -> list[Any]:
@@ -251,15 +249,53 @@ class ReadModelsContract:
             "POST /orders": 1,
         }
 
-    def test_any_window_adds_up_from_minute_and_hour_buckets(self, store: Store) -> None:
+    def test_each_steps_buckets_are_the_sums_of_the_finer_steps_buckets(self, store: Store) -> None:
+        service = unique_service()
+        rng = random.Random(5)
+        calls = [
+            a_call(
+                service,
+                T0 + timedelta(seconds=rng.randrange(0, 16 * 3600)),
+                status=rng.choice([200, 200, 503]),
+                latency_ms=rng.uniform(1, 900),
+            )
+            for _ in range(300)
+        ]
+        store.append(flat(calls))
+        models = self.models(store)
+        window = (T0 - timedelta(hours=10), T0 + timedelta(hours=20))
+        for finer, coarser in itertools.pairwise(STEPS):
+            for operations in (False, True):
+                summed: dict[tuple[str, str], Rollup] = {}
+                for key, rollup in models.buckets(
+                    *window, service=service, operations=operations, step=finer
+                ):
+                    summed.setdefault((bucket_start(key.bucket, coarser), key.operation), Rollup()).merge(
+                        rollup
+                    )
+                stored = {
+                    (key.bucket, key.operation): rollup
+                    for key, rollup in models.buckets(
+                        *window, service=service, operations=operations, step=coarser
+                    )
+                }
+                assert sum(rollup.calls for rollup in stored.values()) == 300
+                assert {key: (r.calls, r.failures, r.sketch.counts) for key, r in stored.items()} == {
+                    key: (r.calls, r.failures, r.sketch.counts) for key, r in summed.items() if r.calls
+                }
+
+    def test_any_window_adds_up_from_buckets_of_every_step(self, store: Store) -> None:
         service = unique_service()
         rng = random.Random(3)
-        moments = [T0 + timedelta(seconds=rng.randrange(0, 5 * 3600)) for _ in range(200)]
+        moments = [T0 + timedelta(seconds=rng.randrange(0, 15 * 3600)) for _ in range(300)]
+        moments += [T0 + timedelta(minutes=59, seconds=30), T0 + timedelta(minutes=60, seconds=30)]
         calls = [a_call(service, moment, latency_ms=rng.uniform(1, 500)) for moment in moments]
         store.append(flat(calls))
         models = self.models(store)
         for since, until in [
-            (T0, T0 + timedelta(hours=5)),
+            (T0, T0 + timedelta(hours=15)),
+            # Minutes, hours, the six hours from 12:00, hours, minutes.
+            (T0 + timedelta(minutes=17), T0 + timedelta(hours=9, minutes=41)),
             (T0 + timedelta(minutes=17), T0 + timedelta(hours=3, minutes=41)),
             (T0 + timedelta(minutes=59), T0 + timedelta(hours=1, minutes=1)),
         ]:
@@ -372,11 +408,20 @@ class ReadModelsContract:
         models = self.models(store)
         window = (T0 - timedelta(hours=1), T0 + timedelta(hours=5))
         incremental = snapshot(models, service, *window)
-        assert sum(calls for (_, op), (calls, _, _) in incremental["minutes"].items() if op == "*") == 120
+        for step in STEPS:
+            assert (
+                sum(
+                    calls
+                    for (at, _, op), (calls, _, _) in incremental["buckets"].items()
+                    if (at, op) == (step, "*")
+                )
+                == 120
+            )
         replayed = models.rebuild()
         assert replayed >= len(events)
         assert snapshot(models, service, *window) == incremental
-        models.rebuild(since=T0 + timedelta(hours=1, minutes=20))
+        # From 12:00 (the cut of the coarsest step's bucket), inside the calls.
+        models.rebuild(since=T0 + timedelta(hours=2, minutes=20))
         assert snapshot(models, service, *window) == incremental
 
     def test_progress_is_reported_during_a_rebuild(self, store: Store) -> None:

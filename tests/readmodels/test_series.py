@@ -55,6 +55,38 @@ def test_points_count_each_step_minute_or_hour(store: SQLiteStore) -> None:
     assert all(p.p50_ms == pytest.approx(10.0, rel=0.01) for p in entry.points)
 
 
+def test_steps_of_six_hours_read_six_hour_rows_and_count_the_same(store: SQLiteStore) -> None:
+    service = unique_service()
+    # One call every 10 minutes for 30 hours from 10:00, one in ten failing.
+    calls = [
+        a_call(service, T0 + timedelta(minutes=10 * index), status=500 if index % 10 == 0 else 200)
+        for index in range(180)
+    ]
+    store.append(flat(calls))
+    models = read_models_of(store)
+    until = T0 + timedelta(hours=26)  # 12:00 the next day: six-hour buckets from 12:00
+    statements: list[str] = []
+    store.read_models._db.set_trace_callback(statements.append)
+    try:
+        coarse = series(models, timedelta(hours=24), timedelta(hours=6), until=until, service=service)
+    finally:
+        store.read_models._db.set_trace_callback(None)
+    assert any("step = '6h'" in sql for sql in statements), statements
+    hourly = series(models, timedelta(hours=24), timedelta(hours=1), until=until, service=service)
+    [entry], [hours] = coarse.series, hourly.series
+    assert coarse.step == "6h" and [p.t for p in entry.points] == [
+        format_moment(until - timedelta(hours=6 * (4 - index))) for index in range(4)
+    ]
+    assert [(p.calls, p.errors) for p in entry.points] == [
+        (
+            sum(p.calls for p in hours.points[index : index + 6]),
+            sum(p.errors for p in hours.points[index : index + 6]),
+        )
+        for index in range(0, 24, 6)
+    ]
+    assert sum(p.calls for p in entry.points) == 144
+
+
 @pytest.mark.parametrize(
     ("window", "step", "parameter"),
     [

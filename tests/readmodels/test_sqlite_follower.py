@@ -68,7 +68,7 @@ def counted(models: ReadModels, service: str) -> dict[str, Any]:
     unknown row's bounds (bounds cannot be taken away), so the bounds depend
     on which events were folded together; the counts never do."""
     found = snapshot(models, service, *WINDOW)
-    for part in ("minutes", "whole"):
+    for part in ("buckets", "whole"):
         found[part] = {
             key: (calls, failures, LatencySketch.from_bytes(sketch).counts)
             for key, (calls, failures, sketch) in found[part].items()

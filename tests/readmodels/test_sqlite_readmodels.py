@@ -110,7 +110,9 @@ def test_read_models_of_another_version_refuse_to_answer_until_rebuilt(tmp_path:
     _forget_read_models(path, version=PROJECTION_VERSION - 1)
     with SQLiteStore(path) as store:
         models = read_models_of(store)
-        with pytest.raises(ReadModelsOutdated, match=r"are version 0.*run `eventtrail rebuild`"):
+        with pytest.raises(
+            ReadModelsOutdated, match=rf"are version {PROJECTION_VERSION - 1}.*run `eventtrail rebuild`"
+        ):
             models.rollups(*HOUR)
         # Events still go in (not into stale shapes); a rebuild counts them all.
         store.append(list(a_call(service, T0 + timedelta(seconds=30))))
@@ -175,7 +177,8 @@ def test_rebuild_command(tmp_path: Path) -> None:
     assert "180 events replayed" in done.stderr
     partial = run(tmp_path, "rebuild", "--since", (T0 + timedelta(minutes=75)).isoformat())
     assert partial.returncode == 0, partial.stderr
-    assert "from 2021-03-04T11:00 UTC on" in partial.stderr
+    # Cut at the start of the six-hour bucket holding 11:15.
+    assert "from 2021-03-04 06:00 UTC on" in partial.stderr
     with SQLiteStore(tmp_path / "events.db", read_only=True) as store:
         rollup = totals(read_models_of(store), service, T0, T0 + timedelta(hours=2))
         assert (rollup.calls, rollup.errors) == (90, 90)

@@ -19,6 +19,7 @@ from eventtrail.cli.common import (
 )
 from eventtrail.config import open_store
 from eventtrail.readmodels import read_models_of
+from eventtrail.readmodels.model import COARSEST_STEP, bucket_start
 from eventtrail.times import format_moment, parse_moment
 
 __all__ = ["rebuild"]
@@ -28,8 +29,9 @@ def rebuild(
     since: Annotated[
         str | None,
         typer.Option(
-            help="Rebuild only from this moment's hour on (a timestamp or a time ago), keeping what is"
-            " before. [default: everything]",
+            help="Rebuild only from this moment on (a timestamp or a time ago), keeping what is before;"
+            " rounded down to 00:00, 06:00, 12:00 or 18:00 UTC (the rollups' largest buckets)."
+            " [default: everything]",
             show_default=False,
         ),
     ] = None,
@@ -62,7 +64,8 @@ def rebuild(
 
             replayed = models.rebuild(start, advance)
         elapsed = time.monotonic() - began
-    scope = f"from {format_moment(start)[:13]}:00 UTC on" if start else "all of them"
+    cut = bucket_start(format_moment(start), COARSEST_STEP) if start else None
+    scope = f"from {cut[:10]} {cut[11:16]} UTC on" if cut else "all of them"
     rate = f", {replayed / elapsed:,.0f} events/s" if elapsed > 0 and replayed else ""
     err_console.print(
         f"rebuilt the read models ({scope}): {replayed:,} events replayed in {elapsed:.1f} s{rate}",

@@ -164,7 +164,7 @@ def _int(item: Item, name: str) -> int:
 
 
 def _period(step: str, bucket: str) -> str:
-    """The partition a bucket's rows live in: its day (minute rows) or month (hour rows)."""
+    """The partition a bucket's rows live in: its day (minute rows) or month (coarser rows)."""
     return bucket[:10] if step == "1m" else bucket[:7]
 
 

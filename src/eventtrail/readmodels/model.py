@@ -1,13 +1,13 @@
 """The shapes of the read models and the pure functions that derive them from
 events: nothing here reads or writes a backend.
 
-Rollups are kept per time bucket at two steps, a minute and an hour, so that
-any window is covered by at most a few hundred buckets (minutes at its edges,
-hours in between) whatever its length. Each rollup row is keyed by step,
-bucket, caller (the event's source), service (``data.Name``) and operation
-(:func:`operation_name`), plus one row per (caller, service) over all
-operations (:data:`ALL_OPERATIONS`), which is what health and the service map
-read.
+Rollups are kept per time bucket at three steps, a minute, an hour and six
+hours, so that any window is covered by a bounded number of buckets (minutes
+at its edges, then hours, six-hour buckets in between) whatever its length.
+Each rollup row is keyed by step, bucket, caller (the event's source),
+service (``data.Name``) and operation (:func:`operation_name`), plus one row
+per (caller, service) over all operations (:data:`ALL_OPERATIONS`), which is
+what health and the service map read.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from eventtrail.times import format_moment, moment_of
 
 __all__ = [
     "ALL_OPERATIONS",
+    "COARSEST_STEP",
     "FAILURE_KINDS",
     "PROJECTION_VERSION",
     "STEPS",
@@ -54,14 +55,20 @@ __all__ = [
 
 #: The shape of every read model. A store whose read models carry another
 #: version refuses to read them until ``eventtrail rebuild`` has run.
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2
 
 #: How a call can fail: a 5xx response, or one of the gateway's error kinds
 #: (``error`` is any other failure).
 FAILURE_KINDS: tuple[str, ...] = ("5xx", *ERROR_KINDS)
 
-#: The steps at which rollups are kept, in seconds, finest first.
-STEPS: dict[str, int] = {"1m": 60, "1h": 3600}
+#: The steps at which rollups are kept, in seconds, finest first. Each step
+#: divides the next, and six hours divide a day (so that buckets of every step
+#: start on the step's multiples since the epoch and on a day's bounds).
+STEPS: dict[str, int] = {"1m": 60, "1h": 3600, "6h": 6 * 3600}
+
+#: The coarsest step: a partial rebuild cuts on its buckets so that no stored
+#: bucket is half replayed.
+COARSEST_STEP = "6h"
 
 #: The operation of the rollup rows that count every operation of a service.
 ALL_OPERATIONS = "*"
@@ -168,6 +175,8 @@ def bucket_start(timestamp: str, step: str) -> str:
         return timestamp[:16] + ":00.000000Z"
     if step == "1h":
         return timestamp[:13] + ":00:00.000000Z"
+    if step == "6h":
+        return f"{timestamp[:11]}{int(timestamp[11:13]) // 6 * 6:02d}:00:00.000000Z"
     raise ValueError(f"no rollups at step {step!r} (steps: {', '.join(STEPS)})")
 
 
@@ -216,30 +225,43 @@ def bucket_range(since: datetime, until: datetime, step: str) -> tuple[str, str]
     return first, last
 
 
-def cover(since: datetime, until: datetime) -> list[tuple[str, str, str]]:
+def cover(since: datetime, until: datetime) -> tuple[tuple[str, str, str], ...]:
     """The fewest stored buckets that cover ``[since, until)``, widened to
-    whole minutes: ``(step, first bucket, last bucket)`` ranges, minutes at
-    the edges and hours in between, so that the number of buckets read is
-    bounded whatever the window. Works up to the last minute of year 9999."""
+    whole minutes: ``(step, first bucket, last bucket)`` ranges in time
+    order, the coarsest step's buckets in the middle and finer ones towards
+    the edges (minutes at the very edges), so that the number of buckets read
+    is bounded whatever the window. Works up to the last minute of year
+    9999. Pure, and asked for several times per reader call: cached."""
     if until <= since:
-        return []
-    start, last = _floor(since, 60), _floor(until - timedelta(microseconds=1), 60)
-    minutes_only = [("1m", format_moment(start), format_moment(last))]
-    hour_of_last = _floor(last, 3600)
+        return ()
+    return _cover(_floor(since, 60), _floor(until - timedelta(microseconds=1), 60), tuple(STEPS.items()))
+
+
+_MINUTE = timedelta(minutes=1)
+
+
+@functools.lru_cache(maxsize=256)
+def _cover(
+    first: datetime, last: datetime, steps: tuple[tuple[str, int], ...]
+) -> tuple[tuple[str, str, str], ...]:
+    """:func:`cover` of the minutes ``first`` to ``last`` (both included:
+    the minute after the last may be past year 9999)."""
+    *finer, (step, seconds) = steps
+    if not finer:
+        return ((step, format_moment(first), format_moment(last)),)
+    edges = tuple(finer)
+    size = timedelta(seconds=seconds)
     try:
-        first_hour = start if start.minute == 0 else _floor(start, 3600) + timedelta(hours=1)
-        last_hour = hour_of_last if last.minute == 59 else hour_of_last - timedelta(hours=1)
+        whole_first = _ceil(first, seconds)
+        whole_last = _floor(last - (size - _MINUTE), seconds)
     except OverflowError:
-        return minutes_only
-    if first_hour > last_hour:
-        return minutes_only
-    ranges: list[tuple[str, str, str]] = []
-    if start < first_hour:
-        ranges.append(("1m", format_moment(start), format_moment(first_hour - timedelta(minutes=1))))
-    ranges.append(("1h", format_moment(first_hour), format_moment(last_hour)))
-    if last.minute != 59:
-        ranges.append(("1m", format_moment(hour_of_last), format_moment(last)))
-    return ranges
+        return _cover(first, last, edges)
+    if whole_first > whole_last:
+        return _cover(first, last, edges)
+    ranges = _cover(first, whole_first - _MINUTE, edges) if first < whole_first else ()
+    ranges += ((step, format_moment(whole_first), format_moment(whole_last)),)
+    end_of_whole = whole_last + (size - _MINUTE)
+    return ranges + _cover(end_of_whole + _MINUTE, last, edges) if end_of_whole < last else ranges
 
 
 # ---------------------------------------------------------------- rollups

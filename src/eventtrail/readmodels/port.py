@@ -46,8 +46,10 @@ from eventtrail.calls import ERROR, REQUEST, RESPONSE
 from eventtrail.event import Event
 from eventtrail.readmodels.model import (
     ALL_OPERATIONS,
+    COARSEST_STEP,
     FAILURE_KINDS,
     PROJECTION_VERSION,
+    STEPS,
     UNKNOWN_OPERATION,
     CallKey,
     Changes,
@@ -316,13 +318,11 @@ class _Plan:
     def finish(self) -> Changes:
         changes = self.changes
         for (prefix, caller, service, operation, with_total), cell in self.cells.items():
-            minute = bucket_start(prefix, "1m")
-            hour = bucket_start(prefix, "1h")
-            changes.rollup(RollupKey("1m", minute, caller, service, operation)).merge(cell)
-            changes.rollup(RollupKey("1h", hour, caller, service, operation)).merge(cell)
-            if with_total:
-                changes.rollup(RollupKey("1m", minute, caller, service, ALL_OPERATIONS)).merge(cell)
-                changes.rollup(RollupKey("1h", hour, caller, service, ALL_OPERATIONS)).merge(cell)
+            for step in STEPS:
+                bucket = bucket_start(prefix, step)
+                changes.rollup(RollupKey(step, bucket, caller, service, operation)).merge(cell)
+                if with_total:
+                    changes.rollup(RollupKey(step, bucket, caller, service, ALL_OPERATIONS)).merge(cell)
         for request_id in self.touched:
             changes.requests[request_id] = self.states[request_id]
         changes.rollups = {key: rollup for key, rollup in changes.rollups.items() if not rollup.is_empty()}
@@ -464,7 +464,8 @@ class ReadModels(abc.ABC):
         """Drop and rebuild the read models from the stored events; return
         how many events were replayed.
 
-        ``since``: rebuild only from that moment's hour on (rollup buckets
+        ``since``: rebuild only from the start of that moment's bucket of
+        the coarsest step (:data:`COARSEST_STEP`) on (rollup buckets
         from there, and the requests that started there or later); the
         events of the :data:`CALL_GRACE` before it are replayed too, to join
         calls across the cut, without counting anything. A partial rebuild
@@ -475,7 +476,7 @@ class ReadModels(abc.ABC):
         join_from: str | None = None
         if since is not None:
             self.check()
-            cut = bucket_start(format_moment(since), "1h")
+            cut = bucket_start(format_moment(since), COARSEST_STEP)
             join_from = format_moment(moment_before(moment_of(cut), CALL_GRACE))
         replayed = 0
         with self._replaying(cut, join_from) as replay:

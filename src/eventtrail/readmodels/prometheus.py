@@ -4,8 +4,9 @@ failures as counters and latency as a histogram, all since the first stored
 call, so that Grafana and Alertmanager work on them (``rate()``,
 ``histogram_quantile()``).
 
-Read from the hour rollups plus the minutes of the current hour: a scrape
-costs the hours kept times the services, never the events. Written by hand
+Read from the six-hour rollups, then the hours and minutes since the last of
+them: a scrape costs the six-hour buckets kept times the services, never the
+events. Written by hand
 like the gateway's metrics: a few families need no registry.
 """
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from eventtrail.readmodels.model import ALL_OPERATIONS, Rollup, SeriesPoint, minute_ceiling
+from eventtrail.readmodels.model import ALL_OPERATIONS, STEPS, Rollup, SeriesPoint, minute_ceiling
 from eventtrail.readmodels.port import ReadModels
 from eventtrail.times import format_moment, moment_before, moment_of
 
@@ -65,6 +65,16 @@ def step_name(step: timedelta) -> str:
     raise ValueError("a step is a whole number of minutes")
 
 
+def _stored_step(since: datetime, seconds: float) -> str:
+    """The coarsest stored step that divides ``seconds`` and whose buckets
+    start on ``since``: every point is then whole buckets of it."""
+    found = "1m"
+    for name, size in STEPS.items():
+        if seconds % size == 0 and since.timestamp() % size == 0:
+            found = name
+    return found
+
+
 def series(
     models: ReadModels,
     window: timedelta,
@@ -94,8 +104,9 @@ def series(
         since = moment_before(end, step * count)
     except ValueError as error:
         raise BadSeries("until", str(error)) from None
-    hourly = seconds % 3600 == 0 and since.minute == 0
-    rows = models.buckets(since, end, service=service, operations=operations, step="1h" if hourly else "1m")
+    rows = models.buckets(
+        since, end, service=service, operations=operations, step=_stored_step(since, seconds)
+    )
     grouped: dict[tuple[str, str], list[Rollup | None]] = {}
     for key, rollup in rows:
         index = int((moment_of(key.bucket) - since).total_seconds() // seconds)

@@ -691,7 +691,7 @@ class SQLiteReadModels(ReadModels):
                     for step, first, last in cover(since, until)
                     for part in (
                         [_Piece(step, first, last)]
-                        if step == "1h"
+                        if step != "1m"
                         else self._cheapest_minutes(table, first, last, service)
                     )
                 ]
