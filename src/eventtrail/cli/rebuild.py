@@ -19,8 +19,7 @@ from eventtrail.cli.common import (
 )
 from eventtrail.config import open_store
 from eventtrail.readmodels import read_models_of
-from eventtrail.readmodels.model import COARSEST_STEP, bucket_start
-from eventtrail.times import format_moment, parse_moment
+from eventtrail.times import parse_moment
 
 __all__ = ["rebuild"]
 
@@ -64,7 +63,7 @@ def rebuild(
 
             replayed = models.rebuild(start, advance)
         elapsed = time.monotonic() - began
-    cut = bucket_start(format_moment(start), COARSEST_STEP) if start else None
+    cut = models.cut(start) if start else None
     scope = f"from {cut[:10]} {cut[11:16]} UTC on" if cut else "all of them"
     rate = f", {replayed / elapsed:,.0f} events/s" if elapsed > 0 and replayed else ""
     err_console.print(

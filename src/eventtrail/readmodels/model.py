@@ -26,7 +26,6 @@ from eventtrail.times import format_moment, moment_of
 
 __all__ = [
     "ALL_OPERATIONS",
-    "COARSEST_STEP",
     "FAILURE_KINDS",
     "PROJECTION_VERSION",
     "STEPS",
@@ -65,10 +64,6 @@ FAILURE_KINDS: tuple[str, ...] = ("5xx", *ERROR_KINDS)
 #: divides the next, and six hours divide a day (so that buckets of every step
 #: start on the step's multiples since the epoch and on a day's bounds).
 STEPS: dict[str, int] = {"1m": 60, "1h": 3600, "6h": 6 * 3600}
-
-#: The coarsest step: a partial rebuild cuts on its buckets so that no stored
-#: bucket is half replayed.
-COARSEST_STEP = "6h"
 
 #: The operation of the rollup rows that count every operation of a service.
 ALL_OPERATIONS = "*"

@@ -46,7 +46,6 @@ from eventtrail.calls import ERROR, REQUEST, RESPONSE
 from eventtrail.event import Event
 from eventtrail.readmodels.model import (
     ALL_OPERATIONS,
-    COARSEST_STEP,
     FAILURE_KINDS,
     PROJECTION_VERSION,
     STEPS,
@@ -460,12 +459,19 @@ class ReadModels(abc.ABC):
 
     # ------------------------------------------------------------ replay
 
+    @staticmethod
+    def cut(since: datetime) -> str:
+        """Where a rebuild from ``since`` starts: the start of the bucket of
+        the coarsest step holding it, so that no stored bucket is half
+        replayed."""
+        return bucket_start(format_moment(since), list(STEPS)[-1])
+
     def rebuild(self, since: datetime | None = None, progress: Progress | None = None) -> int:
         """Drop and rebuild the read models from the stored events; return
         how many events were replayed.
 
         ``since``: rebuild only from the start of that moment's bucket of
-        the coarsest step (:data:`COARSEST_STEP`) on (rollup buckets
+        the coarsest step (:meth:`cut`) on (rollup buckets
         from there, and the requests that started there or later); the
         events of the :data:`CALL_GRACE` before it are replayed too, to join
         calls across the cut, without counting anything. A partial rebuild
@@ -476,7 +482,7 @@ class ReadModels(abc.ABC):
         join_from: str | None = None
         if since is not None:
             self.check()
-            cut = bucket_start(format_moment(since), COARSEST_STEP)
+            cut = self.cut(since)
             join_from = format_moment(moment_before(moment_of(cut), CALL_GRACE))
         replayed = 0
         with self._replaying(cut, join_from) as replay:
