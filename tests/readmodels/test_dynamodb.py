@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from eventtrail.aws.backend import CLIENT_CONFIG
 from eventtrail.aws.dynamodb import DynamoDBStore
 from eventtrail.aws.provision import TableSpec, ensure_table
-from eventtrail.aws.schema import read_models_table_name
+from eventtrail.aws.schema import READ_MODELS, read_models_table_name
 from eventtrail.ids import uuid7_str
 from eventtrail.readmodels import ReadModelsOutdated, RequestQuery, read_models_of
 from eventtrail.readmodels.dynamodb import DynamoDBReadModels
+from eventtrail.readmodels.prometheus import render_metrics
 from tests import cli
 from tests.aws import conftest as aws_endpoints
 from tests.aws.conftest import Aws, unique_name
@@ -194,6 +195,27 @@ def test_a_health_read_costs_the_same_whatever_the_events_in_the_window(dynalite
     # Twelve times the events, the same queries and the same rows read.
     assert cost[0] == cost[1]
     assert cost[0][1] == len(services)
+
+
+def test_metrics_from_the_first_stored_call_query_only_the_months_holding_rollups(
+    dynalite_opener: Opener,
+) -> None:
+    service = unique_service()
+    later = T0 + timedelta(days=62)  # two months on: 2021-05
+    with dynalite_opener() as store:
+        assert isinstance(store, DynamoDBStore)
+        store.append(flat([a_call(service, T0 + timedelta(minutes=i)) for i in range(3)]))
+        store.append(flat([a_call(service, later + timedelta(minutes=i), status=503) for i in range(2)]))
+        models = read_models_of(store)
+        reads = _Reads(store)
+        text = render_metrics(models, now=later + timedelta(hours=3, minutes=30)).decode()
+    edge = f'caller="Gateway",service="{service}"'
+    assert f"eventtrail_service_calls_total{{{edge}}} 5" in text
+    assert f'eventtrail_service_call_failures_total{{{edge},kind="5xx"}} 2' in text
+    # From year 1: the six-hour rows of the two months holding calls, then the
+    # hours and minutes of the last day (one month); a query per shard each.
+    shards = READ_MODELS.rollup_shards
+    assert reads.queries <= shards * 4, reads.queries
 
 
 _hostile_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=300).filter(

@@ -93,6 +93,9 @@ _INDEX = READ_MODELS.requests_index
 _META = "meta"
 _VERSION_SORT = "version"
 _DAYS_SORT = "request-days"
+#: The item listing the months that hold rollup rows: a range over many
+#: months (``/metrics`` reads from the first stored call) queries only those.
+_MONTHS_SORT = "rollup-months"
 _CURRENT = "current"
 _REBUILDING = "rebuilding"
 _NEVER_BUILT = "never-built"
@@ -379,6 +382,7 @@ class DynamoDBReadModels(ReadModels):
         self._local = threading.local()
         self._horizon = ""
         self._days_recorded: set[str] = set()
+        self._months_recorded: set[str] = set()
         self._missing_table_logged = False
         self._missing_until = 0.0
 
@@ -631,7 +635,36 @@ class DynamoDBReadModels(ReadModels):
         with self._lock:
             self._days_recorded.add(day)
 
+    def _record_months(self, months: set[str]) -> None:
+        """Add ``months`` (``YYYY-MM``) to the months that hold rollup rows
+        (once per process and month), before their rows are written: a
+        reader never finds a row in a month not listed."""
+        new = months - self._months_recorded
+        if not new:
+            return
+        self._call(
+            "record the months of rollups",
+            "update_item",
+            Key={_KEY: {"S": _META}, _SORT: {"S": _MONTHS_SORT}},
+            UpdateExpression="ADD #m :m",
+            ExpressionAttributeNames={"#m": "Months"},
+            ExpressionAttributeValues={":m": {"SS": sorted(new)}},
+        )
+        with self._lock:
+            self._months_recorded |= new
+
     def _add_rollups(self, deltas: list[tuple[RollupKey, Rollup]]) -> None:
+        if not deltas:
+            return
+        try:
+            self._record_months({key.bucket[:7] for key, _ in deltas})
+        except StoreError as error:
+            log.error(
+                "read models: %d rollup rows not updated (%s); `eventtrail rebuild --since` repairs them",
+                len(deltas),
+                error,
+            )
+            return
         failures = [error for error in self._map(self._add_rollup, deltas) if error is not None]
         if failures:
             log.error(
@@ -844,9 +877,16 @@ class DynamoDBReadModels(ReadModels):
     def _read_rollups(
         self, step: str, first: str, last: str, *, service: str | None, operations: bool
     ) -> Iterator[tuple[RollupKey, Rollup]]:
+        periods = _periods(step, first, last)
+        if first[:7] != last[:7]:
+            # One read of the months holding rows instead of a query per
+            # month and shard (a range from the first stored call spans
+            # centuries).
+            months = self._rollup_months()
+            periods = [period for period in periods if period[:7] in months]
         partitions = [
             _rollup_partition(step, operations, period, shard)
-            for period in _periods(step, first, last)
+            for period in periods
             for shard in range(READ_MODELS.rollup_shards)
         ]
 
@@ -870,6 +910,15 @@ class DynamoDBReadModels(ReadModels):
         for found in self._map(rows, partitions):
             for item in found:
                 yield _rollup_of(item, step)
+
+    def _rollup_months(self) -> set[str]:
+        response = self._call(
+            "read the months of rollups",
+            "get_item",
+            Key={_KEY: {"S": _META}, _SORT: {"S": _MONTHS_SORT}},
+            ConsistentRead=True,
+        )
+        return set(response.get("Item", {}).get("Months", {}).get("SS", []))
 
     def _days(self) -> list[str]:
         response = self._call(
