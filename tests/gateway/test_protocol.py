@@ -132,6 +132,23 @@ def test_a_chunked_request_body_arrives_whole(server: GatewayServer) -> None:
     )
 
 
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+def test_a_body_of_unknown_length_is_framed_as_the_clients_version_reads_it(
+    server: GatewayServer, version: bytes
+) -> None:
+    answer = exchange(server, b"GET /stream HTTP/%b\r\nHost: t\r\nConnection: close\r\n\r\n" % version)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"connection: close\r\n" in head + b"\r\n" and b"content-length" not in head
+    if version == b"1.0":
+        # No chunked coding for an HTTP/1.0 client: the body ends with the connection.
+        assert b"transfer-encoding" not in head
+        assert body == b"one,two,three"
+    else:
+        assert b"transfer-encoding: chunked" in head
+        assert body == b"4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n"
+
+
 def test_http_1_0_gets_one_answer_and_the_connection_closes(server: GatewayServer) -> None:
     began = time.monotonic()
     answer = exchange(server, b"GET /echo HTTP/1.0\r\n\r\n")

@@ -23,7 +23,10 @@ client may hold:
 - pipelined requests are answered in order, one at a time, reading paused
   while too many wait or a request body waits to be read;
 - a response head the application made is checked as a whole (RFC 9110
-  field names and values) before it is written.
+  field names and values) before it is written;
+- a body of unknown length is chunked for an HTTP/1.1 client and, for an
+  HTTP/1.0 one (which knows no chunked coding), sent as it is and ended by
+  closing the connection.
 
 One timer per connection watches both timeouts: a request only notes when
 the wait for its head began, and the timer compares that note with the
@@ -103,6 +106,7 @@ class _Exchange:
     __slots__ = (
         "body",
         "chunked",
+        "close_delimited",
         "complete",
         "delivered",
         "disconnected",
@@ -135,6 +139,9 @@ class _Exchange:
         self.started = False
         self.complete = False
         self.chunked = False
+        # An HTTP/1.0 client knows no chunked coding: a body of unknown
+        # length ends when the connection does (RFC 9112, 6.1 and 6.3).
+        self.close_delimited = False
         self.remaining = 0
         self.held: bytes | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -235,6 +242,8 @@ class _Exchange:
             data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
             if not more:
                 data += b"0\r\n\r\n"
+        elif self.close_delimited:
+            data = body
         else:
             self.remaining -= len(body)
             if self.remaining < 0:
@@ -265,11 +274,14 @@ class _Exchange:
         length: int | None = None
         closing = False
         default_headers = self.protocol.state.default_headers
+        legacy = self.scope["http_version"] == "1.0"
         for name, value in [*default_headers, *headers] if default_headers else headers:
             name = name.lower()
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
+                if legacy:
+                    continue  # not a coding an HTTP/1.0 client can read: the body goes as it is
                 self.chunked = value.lower() == b"chunked"
             elif name == b"connection" and b"close" in (token.strip().lower() for token in value.split(b",")):
                 self.keep_alive = False
@@ -280,8 +292,13 @@ class _Exchange:
         if self.chunked:
             length = None
         elif length is None and not self.head_only and status not in (204, 304) and status >= 200:
-            self.chunked = True
-            parts.append(b"transfer-encoding: chunked\r\n")
+            if legacy:
+                # The end of the connection ends the body (HTTP/1.0 is never kept alive).
+                self.close_delimited = True
+                self.keep_alive = False
+            else:
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(b"\r\n")
         head = b"".join(parts)
         if _VALID_HEAD.fullmatch(head) is None:
