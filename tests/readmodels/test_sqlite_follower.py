@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,9 +19,16 @@ import pytest
 from eventtrail.embedded.follower import FollowerProcess
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import Event, encode_event
-from eventtrail.readmodels import ReadModels, RequestQuery, read_models_of
+from eventtrail.readmodels import (
+    PROJECTION_VERSION,
+    ReadModels,
+    ReadModelsOutdated,
+    RequestQuery,
+    read_models_of,
+)
 from eventtrail.readmodels.follower import Follower
 from eventtrail.readmodels.sketch import LatencySketch
+from eventtrail.readmodels.sqlite import read_models_path
 from tests.cli import run, spawn
 from tests.contract.readmodels_contract import (
     T0,
@@ -245,3 +254,62 @@ def test_a_partial_rebuild_first_folds_what_the_follower_has_not_reached(tmp_pat
         rollup = totals(models, service, *WINDOW)
         assert (rollup.calls, rollup.errors) == (7, 4)
         assert len(all_requests(models, RequestQuery(service=service))) == 7
+
+
+def _set_version(path: Path, version: int) -> None:
+    """What an older eventtrail leaves: read models of another version."""
+    db = sqlite3.connect(read_models_path(path))
+    with db:
+        db.execute("UPDATE rm_meta SET value = ? WHERE name = 'version'", (version,))
+    db.close()
+
+
+def test_the_worker_follower_rebuilds_read_models_of_another_version_then_follows(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    service = unique_service()
+    events = traffic(service, 300)
+    with SQLiteStore(path) as store:
+        store.append(events[:400])
+    _set_version(path, PROJECTION_VERSION - 1)
+    with SQLiteStore(path, project=False) as store:
+        models = read_models_of(store)
+        with pytest.raises(ReadModelsOutdated, match="a running `eventtrail worker` rebuilds them"):
+            models.rollups(*WINDOW)
+        status = run(tmp_path, "status")
+        assert "read models: not built for this version: a running `eventtrail worker`" in status.stdout
+        # Stored while the read models are outdated: folded once they are rebuilt.
+        store.append(events[400:])
+        follower = FollowerProcess(path, busy_timeout_ms=5000).start()
+        try:
+            wait_until(lambda: models.is_current() and models.lag() == 0, 60, "the rebuild")
+            store.append(flat([a_call(service, T0 + timedelta(minutes=40))]))
+            wait_until(lambda: models.lag() == 0, 30, "the follower to fold a new call")
+        finally:
+            assert follower.stop()
+        assert totals(models, service, *WINDOW).calls == 301
+        assert (
+            counted(models, service)["whole"]
+            == folded_inline(
+                tmp_path, [*events, *flat([a_call(service, T0 + timedelta(minutes=40))])], service
+            )["whole"]
+        )
+
+
+def test_a_follower_stopped_while_rebuilding_leaves_the_read_models_as_they_were(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    service = unique_service()
+    with SQLiteStore(path) as store:
+        store.append(traffic(service, 50))
+    _set_version(path, PROJECTION_VERSION - 1)
+    with SQLiteStore(path, project=False) as store:
+        models = store.read_models
+        rows = models._db.execute("SELECT count(*) FROM rm_service_rollups").fetchone()[0]
+        assert rows > 0
+        stop = threading.Event()
+        stop.set()
+        follower = Follower(models)
+        follower.run(stop)
+        assert follower.rebuilt == 0 and follower.folded == 0
+        assert not models.is_current()
+        # Rolled back: the replay had emptied the tables before its first batch.
+        assert models._db.execute("SELECT count(*) FROM rm_service_rollups").fetchone()[0] == rows

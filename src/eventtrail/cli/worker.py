@@ -159,7 +159,7 @@ def status(backend: Backend = None, data_dir: DataDir = None, config_file: Confi
             behind = models.lag()
             current = models.is_current()
         if not current:
-            state = "not built for this version: run `eventtrail rebuild`"
+            state = f"not built for this version: {models.rebuilt_by}"
         elif behind:
             state = f"{plural(behind, 'event')} behind the store (a running worker folds them)"
         else:

@@ -7,12 +7,20 @@ new, in its own thread (or process), so that storing a batch never waits for
 the projections. Exactly once holds whoever folds (see
 :meth:`~eventtrail.readmodels.port.ReadModels.catch_up`); the follower only
 decides when.
+
+Read models of another shape (an upgrade that changed a projection, or a
+store from before read models) are rebuilt by the follower before it folds
+anything: the events are all there, and a new version of a projection is
+made again from them rather than mixed with the old one. The replay is
+logged as it goes and stops, leaving the read models as they were, when the
+follower is asked to stop.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Self
 
 from eventtrail.readmodels.port import ReadModels
@@ -28,6 +36,13 @@ IDLE_SECONDS = 0.05
 
 #: A locked or full read-model file is waited for; a broken one stops the follower.
 WAIT_BACKOFF = Backoff(attempts=None, base=0.2, cap=10.0)
+
+#: How often a rebuild's progress is logged.
+PROGRESS_SECONDS = 10.0
+
+
+class _Stopped(Exception):
+    """Raised from a rebuild's progress when the follower is asked to stop."""
 
 
 class Follower:
@@ -49,6 +64,8 @@ class Follower:
         self.idle_seconds = idle_seconds
         self.backoff = backoff
         self.folded = 0
+        #: Events replayed by a rebuild this follower made (read models of another shape).
+        self.rebuilt = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -58,6 +75,8 @@ class Follower:
         stop is folded. Returns early, logging why, on a read-model file that
         no wait can help (corrupt, or of another shape)."""
         stop = stop or self._stop
+        if not self._current(stop):
+            return
         retries = 0
         while True:
             stopping = stop.is_set() or self._stop.is_set()
@@ -83,6 +102,53 @@ class Follower:
             if passed == 0 and self._wait(stop, self.idle_seconds):
                 # Stopped while idle: one last look, then out.
                 stop.set()
+
+    def _current(self, stop: threading.Event) -> bool:
+        """Make the read models current, rebuilding them if they are not;
+        false when stopped first or when they cannot be rebuilt."""
+        retries = 0
+        while True:
+            try:
+                if self.models.is_current():
+                    return True
+                self.rebuilt = self._rebuild(stop)
+                return True
+            except _Stopped:
+                log.warning("stopped while rebuilding the read models: they are as they were")
+                return False
+            except TransientStoreError as error:
+                retries += 1
+                if retries == 1:
+                    log.warning("cannot rebuild the read models yet (%s); retrying with backoff", error)
+                if self._wait(stop, self.backoff.delay(retries)):
+                    return False
+            except StoreError as error:
+                log.error("the read models cannot be rebuilt: %s", error)
+                return False
+
+    def _rebuild(self, stop: threading.Event) -> int:
+        log.warning(
+            "the read models were not built by this version of eventtrail: rebuilding them from the"
+            " stored events (readers answer once it is done)"
+        )
+        began = time.monotonic()
+        logged = began
+
+        def progress(done: int, total: int | None) -> None:
+            nonlocal logged
+            if stop.is_set() or self._stop.is_set():
+                raise _Stopped
+            now = time.monotonic()
+            if now - logged >= PROGRESS_SECONDS:
+                logged = now
+                of = f" of {total:,}" if total is not None else ""
+                log.warning("rebuilding the read models: %s%s events replayed", f"{done:,}", of)
+
+        replayed = self.models.rebuild(progress=progress)
+        log.warning(
+            "rebuilt the read models: %s events replayed in %.1f s", f"{replayed:,}", time.monotonic() - began
+        )
+        return replayed
 
     def _wait(self, stop: threading.Event, seconds: float) -> bool:
         return stop.wait(seconds) or self._stop.is_set()

@@ -443,6 +443,9 @@ class ReadModels(abc.ABC):
         (``None``: never built, on a store that holds events). A new, empty
         store starts at :data:`PROJECTION_VERSION`."""
 
+    #: Who makes read models of another shape current (what a reader says).
+    rebuilt_by = "run `eventtrail rebuild`"
+
     def is_current(self) -> bool:
         return self._stored_version() == PROJECTION_VERSION
 
@@ -454,7 +457,7 @@ class ReadModels(abc.ABC):
         found = "were never built" if version is None else f"are version {version}"
         raise ReadModelsOutdated(
             f"the read models of this store {found}; this eventtrail reads version"
-            f" {PROJECTION_VERSION}: run `eventtrail rebuild` (the events are all there)"
+            f" {PROJECTION_VERSION}: {self.rebuilt_by} (the events are all there)"
         )
 
     # ------------------------------------------------------------ replay

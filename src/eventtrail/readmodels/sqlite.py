@@ -238,6 +238,9 @@ class SQLiteReadModels(ReadModels):
     anything.
     """
 
+    # The worker's follower rebuilds read models of another shape by itself.
+    rebuilt_by = "a running `eventtrail worker` rebuilds them, or run `eventtrail rebuild`"
+
     def __init__(
         self,
         path: Path,
