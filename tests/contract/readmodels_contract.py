@@ -27,7 +27,17 @@ from eventtrail.calls import call_error, call_request, call_response
 from eventtrail.event import Event
 from eventtrail.ids import uuid7_str
 from eventtrail.readmodels import ReadModels, RequestQuery, read_models_of
-from eventtrail.readmodels.model import ALL_OPERATIONS, STEPS, UNKNOWN_OPERATION, Rollup, bucket_start
+from eventtrail.readmodels.model import (
+    ALL_OPERATIONS,
+    ALL_TIME,
+    ALL_TIME_BUCKET,
+    STEPS,
+    UNKNOWN_OPERATION,
+    Changes,
+    Rollup,
+    RollupKey,
+    bucket_start,
+)
 from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch
 from eventtrail.store import AppendStatus, InvalidCursor, Store
 from eventtrail.times import format_moment
@@ -110,7 +120,14 @@ def snapshot(models: ReadModels, service: str, since: datetime, until: datetime)
         if rollup.calls
     }
     requests = msgspec.to_builtins(all_requests(models, RequestQuery(service=service)))
-    return {"buckets": buckets, "whole": whole, "requests": requests}
+    # Counts only: the all-time rows' latency bounds after a partial rebuild
+    # are those of before too (bounds are never taken away).
+    all_time = {
+        edge: (rollup.calls, rollup.failures, rollup.sketch.counts)
+        for edge, rollup in models.all_time().items()
+        if edge[1] == service
+    }
+    return {"buckets": buckets, "whole": whole, "requests": requests, "all_time": all_time}
 
 
 def all_requests(models: ReadModels, query: RequestQuery, *, limit: int = 7) -> list[Any]:
@@ -283,6 +300,58 @@ class ReadModelsContract:
                 assert {key: (r.calls, r.failures, r.sketch.counts) for key, r in stored.items()} == {
                     key: (r.calls, r.failures, r.sketch.counts) for key, r in summed.items() if r.calls
                 }
+
+    def test_the_all_time_rows_count_every_call_once_through_rebuilds(self, store: Store) -> None:
+        service = unique_service()
+        rng = random.Random(9)
+        calls = [
+            a_call(
+                service,
+                T0 + timedelta(seconds=rng.randrange(-6 * 3600, 20 * 3600)),
+                status=rng.choice([200, 200, 503]),
+                latency_ms=rng.uniform(1, 900),
+            )
+            for _ in range(120)
+        ]
+        events = flat(calls)
+        rng.shuffle(events)
+        for start in range(0, len(events), 50):
+            store.append(events[start : start + 50])
+        models = self.models(store)
+        latencies = [outcome.data["latencyMs"] for _, outcome in calls]
+        failed = sum(outcome.data["status"] >= 500 for _, outcome in calls)
+
+        def check() -> None:
+            [rollup] = [rollup for edge, rollup in models.all_time().items() if edge[1] == service]
+            assert (rollup.calls, rollup.errors) == (120, failed)
+            assert rollup.sketch.counts == LatencySketch.of(latencies).counts
+            # The sum of the coarsest step's rows.
+            summed = Rollup()
+            for _, found in models.buckets(
+                T0 - timedelta(days=1), T0 + timedelta(days=2), service=service, step=list(STEPS)[-1]
+            ):
+                summed.merge(found)
+            assert (summed.calls, summed.failures, summed.sketch.counts) == (
+                rollup.calls,
+                rollup.failures,
+                rollup.sketch.counts,
+            )
+
+        check()
+        models.rebuild()
+        check()
+        # Rows that drifted from their events (a process killed between
+        # storing and projecting leaves calls out): a rebuild from a cut sets
+        # the all-time rows from the rows it rebuilt, not from what they held.
+        drift = Changes()
+        drift.rollup(RollupKey(ALL_TIME, ALL_TIME_BUCKET, CALLER, service, ALL_OPERATIONS)).count_call(
+            None, 5.0
+        )
+        models._commit(drift)
+        assert models.all_time()[(CALLER, service, ALL_OPERATIONS)].calls == 121
+        # From 12:00 on, in the middle of the calls: only what follows is replayed.
+        models.rebuild(since=T0 + timedelta(hours=3))
+        check()
 
     def test_any_window_adds_up_from_buckets_of_every_step(self, store: Store) -> None:
         service = unique_service()

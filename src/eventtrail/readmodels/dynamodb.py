@@ -552,6 +552,12 @@ class DynamoDBReadModels(ReadModels):
         return {request.request_id: msgspec.structs.replace(request.state)}
 
     def _commit(self, changes: Changes) -> None:
+        if getattr(self._local, "request", None) is None:
+            # Rollup deltas alone, outside a request's fold (a rebuild's last step).
+            self._add_rollups(
+                [(key, rollup) for key, rollup in changes.rollups.items() if not rollup.is_empty()]
+            )
+            return
         if changes.open_calls or changes.closed_calls or changes.requests:
             request = self._current()
             halves = {

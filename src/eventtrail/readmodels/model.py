@@ -26,6 +26,8 @@ from eventtrail.times import format_moment, moment_of
 
 __all__ = [
     "ALL_OPERATIONS",
+    "ALL_TIME",
+    "ALL_TIME_BUCKET",
     "FAILURE_KINDS",
     "PROJECTION_VERSION",
     "STEPS",
@@ -67,6 +69,13 @@ STEPS: dict[str, int] = {"1m": 60, "1h": 3600, "6h": 6 * 3600}
 
 #: The operation of the rollup rows that count every operation of a service.
 ALL_OPERATIONS = "*"
+
+#: The step of the rollup rows that count every call since the first, in one
+#: bucket (:data:`ALL_TIME_BUCKET`): what a Prometheus scrape reads, one row
+#: per edge and operation however long the read models have been kept. Always
+#: the sum of the coarsest step's rows.
+ALL_TIME = "all"
+ALL_TIME_BUCKET = "0001-01-01T00:00:00.000000Z"
 
 #: The operation of a call whose request event was not (yet) seen.
 UNKNOWN_OPERATION = "(unknown)"
@@ -355,6 +364,10 @@ class Rollup:
 
     def failures_by_kind(self) -> dict[str, int]:
         return dict(zip(FAILURE_KINDS, self.failures, strict=True))
+
+    def negated(self) -> Rollup:
+        """The delta that takes these calls away (the latency bounds stay)."""
+        return Rollup(-self.calls, [-count for count in self.failures], self.sketch.negated())
 
     def is_empty(self) -> bool:
         if self._sketch is None:

@@ -46,6 +46,8 @@ from eventtrail.calls import ERROR, REQUEST, RESPONSE
 from eventtrail.event import Event
 from eventtrail.readmodels.model import (
     ALL_OPERATIONS,
+    ALL_TIME,
+    ALL_TIME_BUCKET,
     FAILURE_KINDS,
     PROJECTION_VERSION,
     STEPS,
@@ -66,7 +68,7 @@ from eventtrail.readmodels.model import (
 )
 from eventtrail.readmodels.sketch import bucket_of
 from eventtrail.store import InvalidCursor, Store, StoreError
-from eventtrail.times import format_moment, moment_before, moment_of
+from eventtrail.times import LATEST, format_moment, moment_before, moment_of
 
 __all__ = [
     "CALL_EVENT_TYPES",
@@ -90,6 +92,9 @@ CALL_GRACE = timedelta(hours=1)
 Progress = Callable[[int, int | None], None]
 
 Edge = tuple[str, str, str]
+
+#: After the start of any bucket.
+_LAST_BUCKET = format_moment(LATEST)
 """``(caller, service, operation)``."""
 
 
@@ -322,6 +327,12 @@ class _Plan:
                 changes.rollup(RollupKey(step, bucket, caller, service, operation)).merge(cell)
                 if with_total:
                     changes.rollup(RollupKey(step, bucket, caller, service, ALL_OPERATIONS)).merge(cell)
+            if self.counting_from is None:
+                # A replay from a cut sets the all-time rows once it is done.
+                changes.rollup(RollupKey(ALL_TIME, ALL_TIME_BUCKET, caller, service, operation)).merge(cell)
+                if with_total:
+                    key = RollupKey(ALL_TIME, ALL_TIME_BUCKET, caller, service, ALL_OPERATIONS)
+                    changes.rollup(key).merge(cell)
         for request_id in self.touched:
             changes.requests[request_id] = self.states[request_id]
         changes.rollups = {key: rollup for key, rollup in changes.rollups.items() if not rollup.is_empty()}
@@ -427,7 +438,8 @@ class ReadModels(abc.ABC):
           so that the batch is retried).
 
         Either all of it is written with the batch's events (or position) or
-        none of it.
+        none of it. A rebuild also commits rollup deltas alone, within its
+        replay (:meth:`_replaying`), outside any batch.
         """
 
     @abc.abstractmethod
@@ -497,7 +509,29 @@ class ReadModels(abc.ABC):
                 replayed += len(batch)
                 if progress:
                     progress(replayed, total)
+            if cut is not None:
+                self._recount_all_time()
         return replayed
+
+    def _recount_all_time(self) -> None:
+        """Make the all-time rows the sum of the coarsest step's rows again
+        (a replay from a cut changed the rows from the cut on), by adding the
+        difference."""
+        coarsest = list(STEPS)[-1]
+        changes = Changes()
+        for operations in (False, True):
+            for key, rollup in self._read_rollups(
+                coarsest, ALL_TIME_BUCKET, _LAST_BUCKET, service=None, operations=operations
+            ):
+                edge = RollupKey(ALL_TIME, ALL_TIME_BUCKET, key.caller, key.service, key.operation)
+                changes.rollup(edge).merge(rollup)
+            for key, rollup in self._read_rollups(
+                ALL_TIME, ALL_TIME_BUCKET, ALL_TIME_BUCKET, service=None, operations=operations
+            ):
+                changes.rollup(key).merge(rollup.negated())
+        changes.rollups = {key: delta for key, delta in changes.rollups.items() if not delta.is_empty()}
+        if changes:
+            self._commit(changes)
 
     @abc.abstractmethod
     def _replaying(self, cut: str | None, join_from: str | None) -> AbstractContextManager[Replay]:
@@ -563,6 +597,18 @@ class ReadModels(abc.ABC):
                 else:
                     found.merge(rollup)
         return totals
+
+    def all_time(self) -> dict[Edge, Rollup]:
+        """Every call counted since the first, per ``(caller, service,
+        ALL_OPERATIONS)``: one row per edge, whatever the time kept."""
+        self.check()
+        return {
+            (key.caller, key.service, key.operation): rollup
+            for key, rollup in self._read_rollups(
+                ALL_TIME, ALL_TIME_BUCKET, ALL_TIME_BUCKET, service=None, operations=False
+            )
+            if not rollup.is_empty()
+        }
 
     def buckets(
         self,

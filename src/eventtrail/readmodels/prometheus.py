@@ -4,21 +4,18 @@ failures as counters and latency as a histogram, all since the first stored
 call, so that Grafana and Alertmanager work on them (``rate()``,
 ``histogram_quantile()``).
 
-Read from the six-hour rollups, then the hours and minutes since the last of
-them: a scrape costs the six-hour buckets kept times the services, never the
-events. Written by hand
+Read from the all-time rollup rows (one per caller and service): a scrape
+costs the services, never the events nor the time the read models were kept. Written by hand
 like the gateway's metrics: a few families need no registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
-from eventtrail.readmodels.model import FAILURE_KINDS, minute_ceiling
+from eventtrail.readmodels.model import FAILURE_KINDS
 from eventtrail.readmodels.port import ReadModels
 from eventtrail.readmodels.sketch import LatencySketch, value_of
-from eventtrail.times import EARLIEST
 
 __all__ = ["CONTENT_TYPE", "LATENCY_BOUNDS_SECONDS", "render_metrics"]
 
@@ -57,9 +54,9 @@ def _histogram(name: str, labels: dict[str, str], sketch: LatencySketch) -> Iter
     yield f"{name}_count{_labels(**labels)} {total}"
 
 
-def render_metrics(models: ReadModels, *, now: datetime | None = None) -> bytes:
+def render_metrics(models: ReadModels) -> bytes:
     """Every (caller, service) edge's counters and histogram, as text."""
-    totals = models.rollups(EARLIEST, minute_ceiling(now or datetime.now(UTC)))
+    totals = models.all_time()
     edges = sorted((edge, rollup) for edge, rollup in totals.items() if rollup.calls > 0)
     lines = [
         "# HELP eventtrail_service_calls_total Calls to a service that ended (a response or an error).",

@@ -812,6 +812,10 @@ class SQLiteReadModels(ReadModels):
             for row in self._db.execute(sql, parameters)
         ]
 
+    def all_time(self) -> dict[Edge, Rollup]:
+        with self._guard("cannot read the read models"), self._lock:
+            return super().all_time()
+
     def buckets(
         self,
         since: datetime,
