@@ -94,7 +94,7 @@ _META = "meta"
 _VERSION_SORT = "version"
 _DAYS_SORT = "request-days"
 #: The item listing the months that hold rollup rows: a range over many
-#: months (``/metrics`` reads from the first stored call) queries only those.
+#: months queries only those.
 _MONTHS_SORT = "rollup-months"
 _CURRENT = "current"
 _REBUILDING = "rebuilding"
@@ -381,6 +381,9 @@ class DynamoDBReadModels(ReadModels):
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._horizon = ""
+        # A rebuild reads the rows it just wrote (the all-time rows are set
+        # from the six-hour ones at its end): strongly consistent reads then.
+        self._consistent_reads = False
         self._days_recorded: set[str] = set()
         self._months_recorded: set[str] = set()
         self._missing_table_logged = False
@@ -791,7 +794,11 @@ class DynamoDBReadModels(ReadModels):
         self._drop(cut, join_from)
         with self._lock:
             self._horizon = ""
-        yield Replay(self._replayed_batches(join_from), None)
+        self._consistent_reads = True
+        try:
+            yield Replay(self._replayed_batches(join_from), None)
+        finally:
+            self._consistent_reads = False
         self._record_version(_CURRENT)
 
     def _drop(self, cut: str | None, join_from: str | None) -> None:
@@ -886,8 +893,8 @@ class DynamoDBReadModels(ReadModels):
         periods = _periods(step, first, last)
         if first[:7] != last[:7]:
             # One read of the months holding rows instead of a query per
-            # month and shard (a range from the first stored call spans
-            # centuries).
+            # month and shard (a range from year 1, as a partial rebuild
+            # sums the six-hour rows, spans 120,000 months).
             months = self._rollup_months()
             periods = [period for period in periods if period[:7] in months]
         partitions = [
@@ -895,9 +902,11 @@ class DynamoDBReadModels(ReadModels):
             for period in periods
             for shard in range(READ_MODELS.rollup_shards)
         ]
+        consistent = self._consistent_reads
 
         def rows(partition: str) -> list[Item]:
             request: dict[str, Any] = {
+                "ConsistentRead": consistent,
                 "KeyConditionExpression": "#k = :k AND #s BETWEEN :first AND :last",
                 "ExpressionAttributeNames": {"#k": _KEY, "#s": _SORT},
                 "ExpressionAttributeValues": {

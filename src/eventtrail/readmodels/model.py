@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 #: The shape of every read model. A store whose read models carry another
-#: version refuses to read them until ``eventtrail rebuild`` has run.
+#: version refuses to read them until they are rebuilt from the events.
 PROJECTION_VERSION = 2
 
 #: How a call can fail: a 5xx response, or one of the gateway's error kinds

@@ -92,10 +92,10 @@ CALL_GRACE = timedelta(hours=1)
 Progress = Callable[[int, int | None], None]
 
 Edge = tuple[str, str, str]
+"""``(caller, service, operation)``."""
 
 #: After the start of any bucket.
 _LAST_BUCKET = format_moment(LATEST)
-"""``(caller, service, operation)``."""
 
 
 class ReadModelsOutdated(StoreError):
