@@ -313,3 +313,24 @@ def test_a_follower_stopped_while_rebuilding_leaves_the_read_models_as_they_were
         assert not models.is_current()
         # Rolled back: the replay had emptied the tables before its first batch.
         assert models._db.execute("SELECT count(*) FROM rm_service_rollups").fetchone()[0] == rows
+
+
+def test_a_follower_leaves_read_models_of_a_newer_version_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.db"
+    service = unique_service()
+    with SQLiteStore(path) as store:
+        store.append(traffic(service, 20))
+    _set_version(path, PROJECTION_VERSION + 1)
+    with SQLiteStore(path, project=False) as store:
+        follower = Follower(store.read_models)
+        follower.start()
+        follower.stop(timeout=10)
+        assert follower.rebuilt == 0 and follower.folded == 0
+    db = sqlite3.connect(read_models_path(path))
+    assert db.execute("SELECT value FROM rm_meta WHERE name = 'version'").fetchone() == (
+        PROJECTION_VERSION + 1,
+    )
+    db.close()
+    assert "built by a newer eventtrail" in caplog.text

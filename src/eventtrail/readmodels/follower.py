@@ -8,7 +8,7 @@ the projections. Exactly once holds whoever folds (see
 :meth:`~eventtrail.readmodels.port.ReadModels.catch_up`); the follower only
 decides when.
 
-Read models of another shape (an upgrade that changed a projection, or a
+Read models of an older shape (an upgrade that changed a projection, or a
 store from before read models) are rebuilt by the follower before it folds
 anything: the events are all there, and a new version of a projection is
 made again from them rather than mixed with the old one. The replay is
@@ -111,6 +111,12 @@ class Follower:
             try:
                 if self.models.is_current():
                     return True
+                if not self.models.is_older():
+                    log.error(
+                        "the read models were built by a newer eventtrail: this one leaves them alone"
+                        " (upgrade it to keep them up to date)"
+                    )
+                    return False
                 self.rebuilt = self._rebuild(stop)
                 return True
             except _Stopped:

@@ -461,6 +461,12 @@ class ReadModels(abc.ABC):
     def is_current(self) -> bool:
         return self._stored_version() == PROJECTION_VERSION
 
+    def is_older(self) -> bool:
+        """Whether the read models were built by an older eventtrail (or
+        never): a rebuild makes them current. Newer ones are left alone."""
+        version = self._stored_version()
+        return version is None or version < PROJECTION_VERSION
+
     def check(self) -> None:
         """Raise :class:`ReadModelsOutdated` unless the read models can be read."""
         version = self._stored_version()
