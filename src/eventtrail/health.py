@@ -2,8 +2,8 @@
 slow, which service is faulty and why, and since when.
 
 Read from the read models (:mod:`eventtrail.readmodels`): per-minute,
-per-hour and per-six-hour rollups, so a window of any length costs a bounded number of
-buckets per service, never a read of its events. Windows are whole minutes:
+per-hour and per-six-hour rollups, so a window of any length costs a bounded
+number of buckets per service, never a read of its events. Windows are whole minutes:
 the window ends at ``until`` rounded up to a minute.
 
 A call counts once, when it ends: a ``MICROSERVICE_RESPONSE`` (failed when its

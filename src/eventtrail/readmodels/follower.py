@@ -72,8 +72,9 @@ class Follower:
     def run(self, stop: threading.Event | None = None) -> None:
         """Catch up, wait while idle, again, until ``stop`` (or :meth:`stop`)
         is set; then catch up once more, so that what was stored before the
-        stop is folded. Returns early, logging why, on a read-model file that
-        no wait can help (corrupt, or of another shape)."""
+        stop is folded. Read models an older eventtrail built are rebuilt
+        first. Returns early, logging why, on a read-model file that no wait
+        can help (corrupt, or built by a newer eventtrail)."""
         stop = stop or self._stop
         if not self._current(stop):
             return
