@@ -90,6 +90,22 @@ def a_call(
     return request, outcome
 
 
+def spread_calls(service: str, count: int, *, hours: tuple[int, int], seed: int) -> list[tuple[Event, Event]]:
+    """``count`` calls of ``service`` at random moments from ``hours[0]`` to
+    ``hours[1]`` hours after :data:`T0`, a third failing, with latencies of
+    1 to 900 ms."""
+    rng = random.Random(seed)
+    return [
+        a_call(
+            service,
+            T0 + timedelta(seconds=rng.randrange(hours[0] * 3600, hours[1] * 3600)),
+            status=rng.choice([200, 200, 503]),
+            latency_ms=rng.uniform(1, 900),
+        )
+        for _ in range(count)
+    ]
+
+
 def flat(calls: list[tuple[Event, Event]]) -> list[Event]:
     return [event for call in calls for event in call]
 
@@ -268,16 +284,7 @@ class ReadModelsContract:
 
     def test_each_steps_buckets_are_the_sums_of_the_finer_steps_buckets(self, store: Store) -> None:
         service = unique_service()
-        rng = random.Random(5)
-        calls = [
-            a_call(
-                service,
-                T0 + timedelta(seconds=rng.randrange(0, 16 * 3600)),
-                status=rng.choice([200, 200, 503]),
-                latency_ms=rng.uniform(1, 900),
-            )
-            for _ in range(300)
-        ]
+        calls = spread_calls(service, 300, hours=(0, 16), seed=5)
         store.append(flat(calls))
         models = self.models(store)
         window = (T0 - timedelta(hours=10), T0 + timedelta(hours=20))
@@ -303,18 +310,9 @@ class ReadModelsContract:
 
     def test_the_all_time_rows_count_every_call_once_through_rebuilds(self, store: Store) -> None:
         service = unique_service()
-        rng = random.Random(9)
-        calls = [
-            a_call(
-                service,
-                T0 + timedelta(seconds=rng.randrange(-6 * 3600, 20 * 3600)),
-                status=rng.choice([200, 200, 503]),
-                latency_ms=rng.uniform(1, 900),
-            )
-            for _ in range(120)
-        ]
+        calls = spread_calls(service, 120, hours=(-6, 20), seed=9)
         events = flat(calls)
-        rng.shuffle(events)
+        random.Random(9).shuffle(events)
         for start in range(0, len(events), 50):
             store.append(events[start : start + 50])
         models = self.models(store)

@@ -629,38 +629,32 @@ class DynamoDBReadModels(ReadModels):
             raise _store_error("write a request summary", error) from None
 
     def _record_day(self, day: str) -> None:
-        """Add ``day`` to the days the request index holds (once per process
-        and day): the search walks those days, newest first."""
-        if day in self._days_recorded:
-            return
-        self._call(
-            "record a day of requests",
-            "update_item",
-            Key={_KEY: {"S": _META}, _SORT: {"S": _DAYS_SORT}},
-            UpdateExpression="ADD #d :d",
-            ExpressionAttributeNames={"#d": "Days"},
-            ExpressionAttributeValues={":d": {"SS": [day]}},
-        )
-        with self._lock:
-            self._days_recorded.add(day)
+        """Add ``day`` to the days the request index holds: the search walks
+        those days, newest first."""
+        self._record(_DAYS_SORT, "Days", {day}, self._days_recorded, "record a day of requests")
 
     def _record_months(self, months: set[str]) -> None:
-        """Add ``months`` (``YYYY-MM``) to the months that hold rollup rows
-        (once per process and month), before their rows are written: a
-        reader never finds a row in a month not listed."""
-        new = months - self._months_recorded
+        """Add ``months`` (``YYYY-MM``) to the months that hold rollup rows,
+        before their rows are written: a reader never finds a row in a month
+        not listed."""
+        self._record(_MONTHS_SORT, "Months", months, self._months_recorded, "record the months of rollups")
+
+    def _record(self, sort: str, attribute: str, values: set[str], recorded: set[str], doing: str) -> None:
+        """Add ``values`` to the string set ``attribute`` of the meta item
+        ``sort``, each once per process (``recorded`` holds those added)."""
+        new = values - recorded
         if not new:
             return
         self._call(
-            "record the months of rollups",
+            doing,
             "update_item",
-            Key={_KEY: {"S": _META}, _SORT: {"S": _MONTHS_SORT}},
-            UpdateExpression="ADD #m :m",
-            ExpressionAttributeNames={"#m": "Months"},
-            ExpressionAttributeValues={":m": {"SS": sorted(new)}},
+            Key={_KEY: {"S": _META}, _SORT: {"S": sort}},
+            UpdateExpression="ADD #a :v",
+            ExpressionAttributeNames={"#a": attribute},
+            ExpressionAttributeValues={":v": {"SS": sorted(new)}},
         )
         with self._lock:
-            self._months_recorded |= new
+            recorded |= new
 
     def _add_rollups(self, deltas: list[tuple[RollupKey, Rollup]]) -> None:
         if not deltas:
@@ -927,22 +921,17 @@ class DynamoDBReadModels(ReadModels):
                 yield _rollup_of(item, step)
 
     def _rollup_months(self) -> set[str]:
-        response = self._call(
-            "read the months of rollups",
-            "get_item",
-            Key={_KEY: {"S": _META}, _SORT: {"S": _MONTHS_SORT}},
-            ConsistentRead=True,
-        )
-        return set(response.get("Item", {}).get("Months", {}).get("SS", []))
+        return self._recorded(_MONTHS_SORT, "Months", "read the months of rollups")
 
     def _days(self) -> list[str]:
+        return sorted(self._recorded(_DAYS_SORT, "Days", "read the days of requests"), reverse=True)
+
+    def _recorded(self, sort: str, attribute: str, doing: str) -> set[str]:
+        """The string set ``attribute`` of the meta item ``sort`` (see :meth:`_record`)."""
         response = self._call(
-            "read the days of requests",
-            "get_item",
-            Key={_KEY: {"S": _META}, _SORT: {"S": _DAYS_SORT}},
-            ConsistentRead=True,
+            doing, "get_item", Key={_KEY: {"S": _META}, _SORT: {"S": sort}}, ConsistentRead=True
         )
-        return sorted(response.get("Item", {}).get("Days", {}).get("SS", []), reverse=True)
+        return set(response.get("Item", {}).get(attribute, {}).get("SS", []))
 
     def _find_requests(
         self, query: RequestQuery, after: tuple[str, str] | None, limit: int
