@@ -5,8 +5,9 @@ call, so that Grafana and Alertmanager work on them (``rate()``,
 ``histogram_quantile()``).
 
 Read from the all-time rollup rows (one per caller and service): a scrape
-costs the services, never the events nor the time the read models were kept. Written by hand
-like the gateway's metrics: a few families need no registry.
+costs the services, never the events nor the time the read models were
+kept. Written by hand like the gateway's metrics: a few families need no
+registry.
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ class SQLiteReadModels(ReadModels):
     anything.
     """
 
-    # The worker's follower rebuilds read models of another shape by itself.
+    # The worker's follower rebuilds read models of an older shape by itself.
     rebuilt_by = "a running `eventtrail worker` rebuilds them, or run `eventtrail rebuild`"
 
     def __init__(
