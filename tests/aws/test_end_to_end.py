@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from eventtrail.aws.schema import read_models_table_name
 from eventtrail.event import encode_event
 from tests.aws.conftest import Aws, unique_name
 from tests.contract.store_contract import make_event
@@ -102,6 +103,7 @@ def test_send_worker_flow_and_dead_letters(moto: Aws, tmp_path: Path) -> None:
     assert "2 receives" in moved["reason"]
     status = cli("status").stdout
     assert "dead letters: 2" in status
+    assert "read models: up to date" in status
 
     # Fixed: the table exists now; redrive that message only, and it is stored.
     broken("aws", "init")
@@ -109,6 +111,20 @@ def test_send_worker_flow_and_dead_letters(moto: Aws, tmp_path: Path) -> None:
     broken("worker", "--drain", "--quiet")
     assert broken.json("flow", stranded.request_id, "--json") == [json.loads(encode_event(stranded))]
     assert [item["body"] for item in cli.json("dlq", "list", "--json")] == ["{not json"]
+
+    # Read models an older eventtrail built: status says what makes them current.
+    moto.dynamodb().put_item(
+        TableName=read_models_table_name(name),
+        Item={
+            "Key": {"S": "meta"},
+            "Sort": {"S": "version"},
+            "Version": {"N": "1"},
+            "State": {"S": "current"},
+        },
+    )
+    assert "read models: not built for this version: run `eventtrail rebuild`" in cli("status").stdout
+    cli("rebuild")
+    assert "read models: up to date" in cli("status").stdout
 
 
 def test_a_missing_queue_is_one_line_not_a_traceback(moto: Aws, tmp_path: Path) -> None:

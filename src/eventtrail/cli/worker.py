@@ -144,7 +144,8 @@ def worker(
 
 
 def status(backend: Backend = None, data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
-    """Show how many messages wait, are in flight, or are dead letters."""
+    """Show how many messages wait, are in flight, or are dead letters, and
+    whether the read models are up to date."""
     settings = settings_from(backend, data_dir, config_file)
     with open_queue(settings, read_only=True) as queue:
         stats = queue.stats()
@@ -152,12 +153,15 @@ def status(backend: Backend = None, data_dir: DataDir = None, config_file: Confi
     console.print(f"visible:     {stats.visible}")
     console.print(f"in flight:   {stats.in_flight}")
     console.print(f"dead letters: {stats.dead}")
-    if settings.backend == "local":
-        # DynamoDB's read models are written as the events are stored.
-        with open_store(settings, read_only=True) as store:
-            models = read_models_of(store)
-            behind = models.lag()
+    with open_store(settings, read_only=True) as store:
+        models = read_models_of(store)
+        try:
             current = models.is_current()
+            # DynamoDB's read models are written as the events are stored: never behind.
+            behind = models.lag() if current else 0
+        except StoreError as error:
+            console.print(f"read models: cannot be read ({error})", markup=False)
+            return
         if not current:
             state = f"not built for this version: {models.rebuilt_by}"
         elif behind:
