@@ -393,6 +393,14 @@ def test_bad_times_and_flags_are_one_error_line_and_exit_code_2(
     assert "\x1b" not in result.stderr
 
 
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00Z", "0001-01-01T05:59:00Z", "9999-12-31T23:59:59Z"])
+def test_a_rebuild_from_either_end_of_time_is_done_not_a_traceback(tmp_path: Path, since: str) -> None:
+    seed(tmp_path)
+    result = run(tmp_path, "rebuild", "--since", since)
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt the read models (from " in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.slow
 def test_send_to_a_locked_queue_sends_nothing_and_says_so(tmp_path: Path) -> None:
     (tmp_path / "one.ndjson").write_text(ndjson(make_event()))

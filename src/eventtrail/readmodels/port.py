@@ -68,7 +68,7 @@ from eventtrail.readmodels.model import (
 )
 from eventtrail.readmodels.sketch import bucket_of
 from eventtrail.store import InvalidCursor, Store, StoreError
-from eventtrail.times import LATEST, format_moment, moment_before, moment_of
+from eventtrail.times import EARLIEST, LATEST, format_moment, moment_before, moment_of
 
 __all__ = [
     "CALL_EVENT_TYPES",
@@ -504,7 +504,10 @@ class ReadModels(abc.ABC):
         if since is not None:
             self.check()
             cut = self.cut(since)
-            join_from = format_moment(moment_before(moment_of(cut), CALL_GRACE))
+            try:
+                join_from = format_moment(moment_before(moment_of(cut), CALL_GRACE))
+            except ValueError:
+                join_from = format_moment(EARLIEST)  # a cut in year 1's first hours: join from its start
         replayed = 0
         with self._replaying(cut, join_from) as replay:
             total = replay.total
