@@ -295,6 +295,44 @@ def test_the_worker_follower_rebuilds_read_models_of_another_version_then_follow
         )
 
 
+@pytest.mark.slow
+def test_a_follower_killed_while_rebuilding_leaves_them_as_they_were_and_its_successor_rebuilds(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.db"
+    service = unique_service()
+    events = traffic(service, 4000)
+    with SQLiteStore(path) as store:
+        for start in range(0, len(events), 1000):
+            store.append(events[start : start + 1000])
+    _set_version(path, PROJECTION_VERSION - 1)
+    with SQLiteStore(path, project=False) as store:
+        models = read_models_of(store)
+        follower = FollowerProcess(path, busy_timeout_ms=10_000).start()
+        killed = 0
+        try:
+            # SIGKILL the follower again and again, whatever it is doing: its
+            # replay is one transaction, so the read models are either as
+            # they were (outdated) or rebuilt whole, never half.
+            while killed < 3 and not models.is_current():
+                time.sleep(0.15)
+                if follower.pid is not None:
+                    os.kill(follower.pid, signal.SIGKILL)
+                    killed += 1
+                    wait_until(
+                        lambda: follower.restarts >= killed,  # noqa: B023 - called at once
+                        30,
+                        "the follower to be started again",
+                    )
+            wait_until(lambda: models.is_current() and models.lag() == 0, 120, "the rebuild")
+        finally:
+            assert follower.stop(), "the follower did not stop by itself"
+        assert killed >= 1
+        rollup = totals(models, service, *WINDOW)
+        assert (rollup.calls, rollup.errors) == (4000, 800)
+        assert counted(models, service) == folded_inline(tmp_path, events, service)
+
+
 def test_a_follower_stopped_while_rebuilding_leaves_the_read_models_as_they_were(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     service = unique_service()
