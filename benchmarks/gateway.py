@@ -15,8 +15,15 @@ least 90% of (b)'s throughput and adds under 0.5 ms to its p50 latency, and
 serving processes' CPU time per request; the CPU of (c)'s queue process is
 given apart.
 
+A fifth setup, (p), is a peer rather than a product: the least a reverse
+proxy written in Python on the same libraries can do (httptools callbacks on
+uvloop, pooled keep-alive upstream connections, no task per request, and
+none of the gateway's checks, limits, timeouts or recording). It says how
+much of the gap between the gateway and nginx is the language and how much
+is the gateway's own work per request (``--only a,b,c,n,p``).
+
     .venv/bin/python benchmarks/gateway.py [--seconds 10] [--rounds 3] [--connections 32]
-        [--workers N] [--only a,b,c,n]
+        [--workers N] [--only a,b,c,n,p]
 
 ``--workers N`` runs both gateways with N processes sharing their port
 (SO_REUSEPORT) and nginx with N worker processes.
@@ -67,6 +74,104 @@ def serve_upstream(port: int) -> None:
     import uvicorn
 
     uvicorn.run(upstream_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_minimal_proxy(port: int, upstream_port: int) -> None:
+    """Setup (p): every request of every client goes to the upstream on a
+    pooled connection, its answer back with the request id added; the work
+    is done in the parsers' callbacks, with no task, check or timeout."""
+    import asyncio
+
+    import httptools
+    import uvloop
+
+    idle: list[Upstream] = []
+    request_id = b"x-request-id: 0190a0b0-1234-7abc-8def-0123456789ab\r\n"
+    dropped = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"host", b"x-request-id"})
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.client: Client | None = None
+            self.parts: list[bytes] = []
+            self.parser = httptools.HttpResponseParser(self)
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.client is not None:
+                self.client.transport.close()
+
+        def exchange(self, client: Client, head: bytes) -> None:
+            self.client = client
+            self.parts = []
+            self.parser = httptools.HttpResponseParser(self)
+            self.transport.write(head)
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() not in dropped:
+                self.parts += (name, b": ", value, b"\r\n")
+
+        def on_headers_complete(self) -> None:
+            self.parts[:0] = [b"HTTP/1.1 %d \r\n" % self.parser.get_status_code()]
+            self.parts += (request_id, b"\r\n")
+
+        def on_body(self, body: bytes) -> None:
+            self.parts.append(body)
+
+        def on_message_complete(self) -> None:
+            client, self.client = self.client, None
+            idle.append(self)
+            if client is not None and not client.transport.is_closing():
+                client.transport.write(b"".join(self.parts))
+
+    class Client(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpRequestParser(self)
+            self.parts: list[bytes] = []
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            path = httptools.parse_url(url).path
+            self.parts = [
+                self.parser.get_method(),
+                b" ",
+                path[2:] if path.startswith(b"/a/") else path,
+                b" HTTP/1.1\r\n",
+            ]
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() not in dropped:
+                self.parts += (name, b": ", value, b"\r\n")
+
+        def on_message_complete(self) -> None:
+            head = b"".join([*self.parts, b"host: upstream\r\n", request_id, b"\r\n"])
+            while idle:
+                upstream = idle.pop()
+                if not upstream.transport.is_closing():
+                    upstream.exchange(self, head)
+                    return
+            asyncio.get_running_loop().create_task(self.connect(head))
+
+        async def connect(self, head: bytes) -> None:
+            _, upstream = await asyncio.get_running_loop().create_connection(
+                Upstream, "127.0.0.1", upstream_port
+            )
+            upstream.exchange(self, head)
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(serve())
 
 
 def serve_gateway(port: int, upstream_port: int, record: bool, data_dir: str, workers: int) -> None:
@@ -311,6 +416,7 @@ SETUPS = {
     "b": "(b) gateway, recording off",
     "c": "(c) gateway, recording events",
     "n": "(n) nginx, JSON access log",
+    "p": "(p) minimal Python proxy",
 }
 
 
@@ -329,6 +435,8 @@ def main() -> None:
         with contextlib.suppress(KeyboardInterrupt):
             if role == "upstream":
                 serve_upstream(int(args[0]))
+            elif role == "minimal":
+                serve_minimal_proxy(int(args[0]), int(args[1]))
             else:
                 serve_gateway(int(args[0]), int(args[1]), args[2] == "record", args[3], int(args[4]))
         return
@@ -356,6 +464,7 @@ def main() -> None:
             "c": lambda: process(
                 "--serve", "gateway", str(ports["c"]), str(up), "record", str(data_dir / "on"), str(workers)
             ),
+            "p": lambda: process("--serve", "minimal", str(ports["p"]), str(up)),
             "n": lambda: process(
                 command=[
                     nginx,
@@ -442,6 +551,10 @@ def main() -> None:
         print(f"(b)/(a) throughput: {ratio('b', 'a')} (the proxy's own cost)")
     if {"a", "n"} <= set(chosen):
         print(f"(n)/(a) throughput: {ratio('n', 'a')} (nginx's own cost)")
+    if {"p", "n"} <= set(chosen):
+        print(f"(p)/(n) throughput: {ratio('p', 'n')} (the least a Python proxy costs, against nginx)")
+    if {"b", "p"} <= set(chosen):
+        print(f"(b)/(p) throughput: {ratio('b', 'p')} (the gateway's own work per request)")
     if "n" in chosen:
         print(f"lines in nginx's access log: {nginx_lines:,} (one per request)")
     if "c" in chosen:

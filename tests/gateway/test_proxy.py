@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import msgspec
@@ -19,6 +19,7 @@ import pytest
 from eventtrail.calls import ERROR, REQUEST, RESPONSE
 from eventtrail.embedded.queue import SQLiteQueue
 from eventtrail.gateway import GatewayApp, parse_gateway_config
+from eventtrail.gateway.protocol import Exchange
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.spill import SpillFile
 from tests.gateway.conftest import GatewayFactory, queued_events
@@ -275,28 +276,42 @@ def test_a_response_head_the_server_refuses_is_a_recorded_502(upstream_url: str,
     app = GatewayApp(config, publisher)
     sent: list[MutableMapping[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+    class RefusingExchange:
+        """What the gateway uses of an exchange, refusing the first head."""
 
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start" and not sent:
-            sent.append({"refused": message["status"]})
-            raise RuntimeError("invalid response header name or value")
-        sent.append(message)
+        method = "GET"
+        raw_path = b"/echo/x"
+        path = "/echo/x"
+        query = b""
+        headers = [(b"host", b"gw")]
+        client = ("127.0.0.1", 5000)
+        scheme = "http"
+        head_only = disconnected = more_body = writing_paused = False
+        listener = None
 
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/echo/x",
-        "raw_path": b"/echo/x",
-        "query_string": b"",
-        "headers": [(b"host", b"gw")],
-        "client": ("127.0.0.1", 5000),
-        "scheme": "http",
-    }
+        def __init__(self) -> None:
+            self.answered = asyncio.Event()
+
+        def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+            if not sent:
+                sent.append({"refused": status})
+                raise RuntimeError("invalid response header name or value")
+            sent.append({"status": status})
+
+        def write(self, body: bytes, more: bool) -> None:
+            sent.append({"body": body})
+            if not more:
+                self.answered.set()
+
+        def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+            self.start(status, headers)
+            self.write(body, False)
 
     async def call() -> None:
-        await app(scope, receive, send)
+        await app.startup()
+        exchange = RefusingExchange()
+        app.handle(cast(Exchange, exchange))
+        await asyncio.wait_for(exchange.answered.wait(), 10)
         await app.shutdown()
 
     asyncio.run(call())

@@ -1,6 +1,13 @@
-"""The gateway's server side: HTTP/1.1 parsed by httptools, one ASGI call per
-request, under uvicorn's server (which keeps the sockets, the signals, the
-lifespan and the graceful shutdown).
+"""The gateway's server side: HTTP/1.1 parsed by httptools, each request
+answered by a :class:`Handler` through its :class:`Exchange` (the gateway's
+proxy) or by an ASGI call, under uvicorn's server (which keeps the sockets,
+the signals, the lifespan and the graceful shutdown).
+
+A handler is called once per request, with no task of its own, and answers
+from callbacks: the proxy relays the upstream's answer as its parser reads
+it. A task, its wake-ups and the ASGI messages cost more than the rest of a
+proxied call's own work (docs/benchmarks.md, gateway section). Any other
+application is served over ASGI, one task per request.
 
 uvicorn's own protocol gives every request a response cycle object, an
 ``asyncio.Event``, a keep-alive timer set and cancelled, and two regular
@@ -40,6 +47,7 @@ import collections
 import http
 import logging
 import re
+import typing
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ClassVar
 from urllib.parse import unquote
@@ -50,7 +58,7 @@ from uvicorn.server import ServerState
 
 from eventtrail.gateway.config import ServerLimits
 
-__all__ = ["HttpProtocol", "http_protocol"]
+__all__ = ["Exchange", "Handler", "HttpProtocol", "http_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +107,20 @@ class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a head that is too large."""
 
 
-class _Exchange:
-    """One request and its response: the ``receive`` and ``send`` of the
-    ASGI call that answers it."""
+class Exchange:
+    """One request and its response.
+
+    A :class:`Handler` reads the request from its fields and :meth:`take_body`,
+    and answers with :meth:`start` then :meth:`write`; it sets ``listener``
+    to be told (at most once per turn of the event loop, never from inside
+    the parser) when more of the body came, the client went away
+    (``disconnected``), or writing may go on after a pause
+    (``writing_paused``). For an ASGI application the same exchange is the
+    ``receive`` and ``send`` of its call.
+    """
 
     __slots__ = (
+        "_notify_due",
         "body",
         "chunked",
         "close_delimited",
@@ -112,25 +129,49 @@ class _Exchange:
         "disconnected",
         "expect_continue",
         "head_only",
+        "headers",
         "held",
+        "http_version",
         "keep_alive",
+        "listener",
+        "method",
         "more_body",
+        "path",
         "protocol",
+        "query",
+        "raw_path",
         "remaining",
-        "scope",
         "started",
         "task",
         "waiter",
     )
 
     def __init__(
-        self, protocol: HttpProtocol, scope: MutableMapping[str, Any], keep_alive: bool, expect_continue: bool
+        self,
+        protocol: HttpProtocol,
+        method: str,
+        http_version: str,
+        raw_path: bytes,
+        path: str,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        expect_continue: bool,
     ) -> None:
         self.protocol = protocol
-        self.scope = scope
+        self.method = method
+        self.http_version = http_version
+        #: The path as sent (percent-encoded), and decoded.
+        self.raw_path = raw_path
+        self.path = path
+        self.query = query
+        #: Names lowercase, in the order sent.
+        self.headers = headers
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
-        self.head_only = scope["method"] == "HEAD"
+        self.head_only = method == "HEAD"
+        self.listener: ExchangeListener | None = None
+        self._notify_due = False
         self.body = bytearray()
         self.more_body = True
         # The last piece of the request body went to the application.
@@ -147,10 +188,54 @@ class _Exchange:
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
+    @property
+    def client(self) -> tuple[str, int] | None:
+        return self.protocol.client
+
+    @property
+    def scheme(self) -> str:
+        return self.protocol.scheme
+
+    @property
+    def writing_paused(self) -> bool:
+        """The client reads slower than the response comes: wait for the
+        listener to be told before writing more."""
+        return self.protocol.writing_paused and not self.disconnected
+
+    def asgi_scope(self) -> dict[str, Any]:
+        protocol = self.protocol
+        root_path = protocol.root_path
+        return {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": self.http_version,
+            "server": protocol.server,
+            "client": protocol.client,
+            "scheme": protocol.scheme,
+            "method": self.method,
+            "root_path": root_path,
+            "path": root_path + self.path if root_path else self.path,
+            "raw_path": root_path.encode("ascii") + self.raw_path if root_path else self.raw_path,
+            "query_string": self.query,
+            "headers": self.headers,
+            "state": protocol.app_state.copy(),
+        }
+
     def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.listener is not None and not self._notify_due:
+            # Not from inside the parser's callbacks: the listener may answer,
+            # and answering may parse the next request.
+            self._notify_due = True
+            self.protocol.loop.call_soon(self._notify)
+
+    def _notify(self) -> None:
+        self._notify_due = False
+        listener = self.listener
+        if listener is not None:
+            listener.exchange_changed()
 
     async def _wait(self) -> None:
         waiter = self.waiter
@@ -160,7 +245,7 @@ class _Exchange:
 
     async def run(self, app: App) -> None:
         try:
-            await app(self.scope, self.receive, self.send)
+            await app(self.asgi_scope(), self.receive, self.send)
         except BaseException as error:
             log.error("exception in the ASGI application", exc_info=error)
             if not self.started:
@@ -198,26 +283,36 @@ class _Exchange:
             self.delivered or not (self.body or not self.more_body)
         )
 
-    async def receive(self) -> Message:
+    def want_body(self) -> None:
+        """The handler waits for the body: a client that asked to be told
+        so (``Expect: 100-continue``) is told now."""
         protocol = self.protocol
         if self.expect_continue and not protocol.transport.is_closing():
             self.expect_continue = False
             protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Resuming may parse bytes read before a pause, and with them the body.
+        protocol.resume_reading()
+
+    def take_body(self) -> bytes:
+        """The request body received since the last call (all of it went
+        once ``more_body`` is false)."""
+        body = bytes(self.body)
+        self.body.clear()
+        self.delivered = not self.more_body
+        # After the body is taken: resuming may parse more of it.
+        self.protocol.resume_reading()
+        return body
+
+    async def receive(self) -> Message:
+        self.want_body()
         while self._waiting():
-            # Resuming may parse bytes read before a pause, and with them
-            # the body this waits for.
-            protocol.resume_reading()
+            self.protocol.resume_reading()
             if self._waiting():
                 await self._wait()
         if self.disconnected or self.complete:
             return {"type": "http.disconnect"}
-        body = bytes(self.body)
-        self.body.clear()
         more = self.more_body
-        self.delivered = not more
-        # After the message is made: resuming may parse more of the body.
-        protocol.resume_reading()
-        return {"type": "http.request", "body": body, "more_body": more}
+        return {"type": "http.request", "body": self.take_body(), "more_body": more}
 
     async def send(self, message: Message) -> None:
         protocol = self.protocol
@@ -228,14 +323,20 @@ class _Exchange:
         if not self.started:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', not {message['type']!r}")
-            self._start(message["status"], message.get("headers", ()))
+            self.start(message["status"], message.get("headers", ()))
             return
-        if self.complete:
-            raise RuntimeError(f"{message['type']!r} sent after the response was complete")
         if message["type"] != "http.response.body":
             raise RuntimeError(f"expected 'http.response.body', not {message['type']!r}")
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
+        self.write(message.get("body", b""), message.get("more_body", False))
+
+    def write(self, body: bytes, more: bool) -> None:
+        """A piece of the response body (the last one if not ``more``),
+        written at once. Nothing is written once the client went away."""
+        if self.disconnected:
+            return
+        if self.complete:
+            raise RuntimeError("response body sent after the response was complete")
+        protocol = self.protocol
         if self.head_only:
             data = b""
         elif self.chunked:
@@ -266,7 +367,12 @@ class _Exchange:
                 protocol.transport.close()
             protocol.response_complete()
 
-    def _start(self, status: int, headers: Any) -> None:
+    def start(self, status: int, headers: Any) -> None:
+        """The response's status and headers (lowercase names or not).
+        Raises :class:`RuntimeError` for a head that cannot be sent (a field
+        RFC 9110 does not allow, a negative length), before anything went out.
+        The head leaves with the first body piece, or at the end of this
+        turn of the event loop."""
         line = STATUS_LINE.get(status)
         if line is None:
             raise RuntimeError(f"invalid response status {status!r}")
@@ -274,7 +380,7 @@ class _Exchange:
         length: int | None = None
         closing = False
         default_headers = self.protocol.state.default_headers
-        legacy = self.scope["http_version"] == "1.0"
+        legacy = self.http_version == "1.0"
         for name, value in [*default_headers, *headers] if default_headers else headers:
             name = name.lower()
             if name == b"content-length":
@@ -317,6 +423,41 @@ class _Exchange:
             self.held = None
             self.protocol.transport.write(held)
 
+    def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A whole response at once, ``content-length`` added."""
+        self.start(status, [*headers, (b"content-length", b"%d" % len(body))])
+        self.write(body, False)
+
+    def abort(self) -> None:
+        """Cut the connection: the client sees a truncated response."""
+        if not self.complete:
+            self.protocol.transport.close()
+
+    def fail(self, error: BaseException) -> None:
+        """The handler could not answer: 500 if nothing went out yet, else
+        the connection is cut (a truncated answer, never a complete one)."""
+        log.error("exception while answering a request", exc_info=error)
+        if self.started or self.disconnected:
+            if not self.complete:
+                self.protocol.transport.close()
+            return
+        self.keep_alive = False
+        self.respond(500, b"Internal Server Error", [(b"content-type", b"text/plain; charset=utf-8")])
+
+
+class ExchangeListener(typing.Protocol):
+    def exchange_changed(self) -> None:
+        """Body came, the client went away, or writing may go on."""
+
+
+class Handler:
+    """Answers requests through their :class:`Exchange`; an application
+    that is one is served without ASGI (its ``__call__`` still gets the
+    lifespan)."""
+
+    def handle(self, exchange: Exchange) -> None:
+        raise NotImplementedError
+
 
 async def _service_unavailable(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     await send(
@@ -350,6 +491,7 @@ class HttpProtocol(asyncio.Protocol):
         if not config.loaded:
             config.load()
         self.app: App = config.loaded_app
+        self.handler: Handler | None = self.app if isinstance(self.app, Handler) else None
         self.loop = _loop or asyncio.get_event_loop()
         self.state = server_state
         self.app_state = app_state
@@ -365,9 +507,9 @@ class HttpProtocol(asyncio.Protocol):
         self.scheme = "http"
         # The request being answered (or the last one answered), the one
         # being parsed, and those parsed while another was being answered.
-        self.current: _Exchange | None = None
-        self.parsing: _Exchange | None = None
-        self.pipeline: collections.deque[tuple[_Exchange, App]] = collections.deque()
+        self.current: Exchange | None = None
+        self.parsing: Exchange | None = None
+        self.pipeline: collections.deque[tuple[Exchange, App]] = collections.deque()
         self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
@@ -484,6 +626,9 @@ class HttpProtocol(asyncio.Protocol):
         self.writing_paused = False
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
+        current = self.current
+        if current is not None and current.listener is not None and not current.complete:
+            current.wake()
 
     async def drain(self) -> None:
         if self.writing_paused and not self.transport.is_closing():
@@ -524,21 +669,6 @@ class HttpProtocol(asyncio.Protocol):
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": version,
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": parser.get_method().decode("ascii"),
-            "root_path": self.root_path,
-            "path": self.root_path + path if self.root_path else path,
-            "raw_path": self.root_path.encode("ascii") + raw_path if self.root_path else raw_path,
-            "query_string": url.query or b"",
-            "headers": self._headers,
-            "state": self.app_state.copy(),
-        }
         keep_alive = version != "1.0" and parser.should_keep_alive()
         app = self.app
         limit_concurrency = self.limit_concurrency
@@ -547,7 +677,17 @@ class HttpProtocol(asyncio.Protocol):
         ):
             app = _service_unavailable
             keep_alive = False
-        exchange = self.parsing = _Exchange(self, scope, keep_alive, self._expect_continue)
+        exchange = self.parsing = Exchange(
+            self,
+            parser.get_method().decode("ascii"),
+            version,
+            raw_path,
+            path,
+            url.query or b"",
+            self._headers,
+            keep_alive,
+            self._expect_continue,
+        )
         current = self.current
         if (current is None or current.complete) and not self.pipeline:
             self._start(exchange, app)
@@ -576,10 +716,23 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- requests and responses ---------------------------------------------
 
-    def _start(self, exchange: _Exchange, app: App) -> None:
+    def _start(self, exchange: Exchange, app: App) -> None:
         self.current = exchange
+        if self.handler is not None and app is self.app:
+            # After the parser returned: answering may parse the next request.
+            self.loop.call_soon(self._handle, exchange)
+            return
         task = exchange.task = self.loop.create_task(exchange.run(app))
         self.state.tasks.add(task)
+
+    def _handle(self, exchange: Exchange) -> None:
+        if exchange.disconnected:
+            return
+        assert self.handler is not None
+        try:
+            self.handler.handle(exchange)
+        except Exception as error:  # noqa: BLE001 - logged, answered 500: the server goes on
+            exchange.fail(error)
 
     def _busy(self) -> bool:
         return self.current is not None and not self.current.complete

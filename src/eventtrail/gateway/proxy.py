@@ -12,18 +12,19 @@ docs/benchmarks.md).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import re
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import msgspec
 from yarl import URL
 
 from eventtrail.gateway.config import GatewayConfig, Route
 from eventtrail.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from eventtrail.gateway.protocol import Receive, Scope, Send
+from eventtrail.gateway.protocol import Exchange, Handler, Receive, Scope, Send
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.recorder import CallRecorder
 from eventtrail.gateway.requestid import request_id_from, request_id_from_headers
@@ -111,8 +112,6 @@ _ENCODED_REFUSED = re.compile(
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DOT_SEGMENTS = frozenset({".", ".."})
-# What a decoded path keeps unencoded when the server gave no raw path.
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 def normalise_path(raw_path: str) -> str:
@@ -228,8 +227,10 @@ class _CompiledRoute:
         return url
 
 
-class GatewayApp:
-    """The gateway as an ASGI 3 application.
+class GatewayApp(Handler):
+    """The gateway: a :class:`~eventtrail.gateway.protocol.Handler` its own
+    server calls for each request, and an ASGI 3 application for the
+    lifespan.
 
     ``publisher`` ``None`` (or ``recording.enabled = false`` in the config)
     proxies without recording. The app opens its upstream connection pool on
@@ -310,37 +311,34 @@ class GatewayApp:
         return route, route.url(raw_rest, query), rest
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan. Requests come through :meth:`handle`, from the
+        gateway's own server (:class:`~eventtrail.gateway.GatewayServer`)."""
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
-        if kind != "http":
-            # WebSockets are not proxied: close the handshake.
-            if kind == "websocket":
-                await send({"type": "websocket.close", "code": 1003})
+        raise RuntimeError("the gateway answers requests through its own server (GatewayServer), not ASGI")
+
+    def handle(self, exchange: Exchange) -> None:
+        if self._metrics_path and exchange.path == self._metrics_path:
+            exchange.respond(200, self._render_metrics(), [(b"content-type", CONTENT_TYPE.encode())])
             return
-        if self._metrics_path and scope["path"] == self._metrics_path:
-            await _respond(send, 200, self._render_metrics(), CONTENT_TYPE.encode(), None)
-            return
-        raw_path: bytes | None = scope.get("raw_path")
-        query = scope["query_string"].decode("latin-1")
+        query = exchange.query.decode("latin-1")
         try:
-            resolved = self.resolve(
-                raw_path.decode("latin-1") if raw_path else quote(scope["path"], safe=_PATH_SAFE), query
-            )
+            resolved = self.resolve(exchange.raw_path.decode("latin-1"), query)
         except TargetRefused as refused:
             self.rejected += 1
-            request_id = request_id_from_headers(scope["headers"])
-            body = _json.encode({"error": str(refused), "requestId": request_id})
-            await _respond(send, 400, body, b"application/json", request_id)
+            request_id = request_id_from_headers(exchange.headers)
+            _answer(exchange, 400, {"error": str(refused), "requestId": request_id}, request_id)
             return
         if isinstance(resolved, str):
             self.metrics.unrouted += 1
-            request_id = request_id_from_headers(scope["headers"])
-            body = _json.encode({"error": f"no route for {resolved}", "requestId": request_id})
-            await _respond(send, 404, body, b"application/json", request_id)
+            request_id = request_id_from_headers(exchange.headers)
+            _answer(exchange, 404, {"error": f"no route for {resolved}", "requestId": request_id}, request_id)
             return
-        await self._proxy(scope, receive, send, *resolved, query)
+        if self._pool is None:
+            self._pool = UpstreamPool()
+        _Call(self, self._pool, exchange, *resolved, query).start()
 
     def _render_metrics(self) -> bytes:
         return (
@@ -352,162 +350,327 @@ class GatewayApp:
             ).encode()
         )
 
-    async def _proxy(
+
+class _Call:
+    """One proxied call, moved on by the callbacks of its two sides: the
+    client's exchange (the request body came, writing may go on) and the
+    upstream connection (the response's head, body, end, or failure). A
+    task is made only to open a connection or to stream a request body."""
+
+    __slots__ = (
+        "app",
+        "body",
+        "bytes_in",
+        "bytes_out",
+        "call",
+        "chunked",
+        "done",
+        "exchange",
+        "head",
+        "pool",
+        "query",
+        "request_id",
+        "responding",
+        "response",
+        "rest",
+        "reused",
+        "route",
+        "started",
+        "streamed",
+        "waiting_body",
+    )
+
+    def __init__(
         self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        app: GatewayApp,
+        pool: UpstreamPool,
+        exchange: Exchange,
         route: _CompiledRoute,
         url: URL,
         rest: str,
         query: str,
     ) -> None:
-        if self._pool is None:
-            await self.startup()
-        pool = self._pool
-        assert pool is not None
-
-        method: str = scope["method"]
-        head, request_id, content_length, chunked = _request_head(scope, method, url, route)
-        service = route.service
-        recorder = self.recorder
-        call = 0
-        if recorder is not None:
-            call = recorder.request(request_id, service, method, rest, query, scope["headers"])
-        bytes_in = 0
-        data: bytes | AsyncIterator[bytes] | None = None
-        if chunked:
+        self.app = app
+        self.pool = pool
+        self.exchange = exchange
+        self.route = route
+        self.rest = rest
+        self.query = query
+        self.head, self.request_id, content_length, self.chunked = _request_head(exchange, url, route)
+        if self.chunked:
             # The parser refuses a request with both; if one ever came, chunked wins (RFC 9112 6.3).
             content_length = None
-        if chunked or (content_length is not None and content_length > _SMALL_BODY):
+        self.streamed = self.chunked or (content_length is not None and content_length > _SMALL_BODY)
+        if self.streamed:
+            self.head += (
+                b"transfer-encoding: chunked\r\n\r\n"
+                if content_length is None
+                else b"content-length: %d\r\n\r\n" % content_length
+            )
+        self.waiting_body = bool(content_length) and not self.streamed
+        if not self.streamed and not self.waiting_body:
+            self.head += (
+                b"content-length: 0\r\n\r\n"
+                if content_length is not None or exchange.method in _BODY_METHODS
+                else b"\r\n"
+            )
+        self.body = b""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.call = 0
+        self.started = 0.0
+        self.response: UpstreamResponse | None = None
+        self.responding = False
+        self.reused = False
+        self.done = False
 
-            async def body() -> AsyncIterator[bytes]:
-                nonlocal bytes_in
-                more = True
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientDisconnected
-                    chunk: bytes = message.get("body", b"")
-                    more = message.get("more_body", False)
-                    if chunk:
-                        bytes_in += len(chunk)
-                        yield chunk
+    # -- the request ----------------------------------------------------------
 
-            data = body()
-            if content_length is None:
-                head += b"transfer-encoding: chunked\r\n\r\n"
-            else:
-                head += b"content-length: %d\r\n\r\n" % content_length
+    def start(self) -> None:
+        exchange = self.exchange
+        recorder = self.app.recorder
+        if recorder is not None:
+            self.call = recorder.request(
+                self.request_id, self.route.service, exchange.method, self.rest, self.query, exchange.headers
+            )
+        exchange.listener = self
+        if self.streamed:
+            self.started = time.perf_counter()
+            self._open(self._streamed_body())
+        elif self.waiting_body:
+            exchange.want_body()
+            self._body_came()
         else:
-            if content_length:
-                try:
-                    data = await _read_body(receive)
-                except ClientDisconnected:
-                    self.metrics.count(service, "disconnected")
-                    if recorder is not None:
-                        recorder.error(
-                            request_id,
-                            call,
-                            service,
-                            kind="error",
-                            elapsed_ms=0.0,
-                            detail="client disconnected",
-                        )
-                    return
-                bytes_in = len(data)
-            if data or content_length is not None or method in _BODY_METHODS:
-                head += b"content-length: %d\r\n\r\n" % bytes_in
-            else:
-                head += b"\r\n"
+            self._send()
 
-        started = time.perf_counter()
-        response_started = False
-        status = 0
-        upstream: UpstreamResponse | None = None
+    def _body_came(self) -> None:
+        exchange = self.exchange
+        if exchange.disconnected:
+            self._client_gone()
+            return
+        self.body += exchange.take_body()
+        if exchange.more_body:
+            return  # told again when more comes
+        self.waiting_body = False
+        self.bytes_in = len(self.body)
+        self.head += b"content-length: %d\r\n\r\n" % self.bytes_in
+        self._send()
+
+    def _send(self) -> None:
+        self.started = time.perf_counter()
+        route = self.route
+        origin = route.origin(self.pool)
+        head_only = self.exchange.head_only
         try:
-            upstream = await pool.request(
-                route.origin(pool),
-                head,
-                data,
-                head_only=method == "HEAD",
-                chunked=chunked,
+            response = self.pool.send(origin, self.head + self.body, head_only=head_only)
+        except (OSError, UpstreamProtocolError) as error:
+            self._failed(error)
+            return
+        if response is None:
+            self._open(self.body or None)
+            return
+        self.reused = True
+        self._attach(response)
+        response.connection.expect(route.read_timeout)
+
+    def _open(self, body: bytes | AsyncIterator[bytes] | None) -> None:
+        """Send the request the slow way: on a new connection, or with a
+        body streamed as it comes, or again after a pooled connection
+        turned out closed."""
+        asyncio.get_running_loop().create_task(self._request(body))
+
+    async def _request(self, body: bytes | AsyncIterator[bytes] | None) -> None:
+        route = self.route
+        try:
+            response = await self.pool.request(
+                route.origin(self.pool),
+                self.head,
+                body,
+                head_only=self.exchange.head_only,
+                chunked=self.chunked,
                 connect_timeout=route.connect_timeout,
                 read_timeout=route.read_timeout,
             )
-            status = upstream.status
-            out_headers = _downstream_headers(upstream.raw_headers)
-            out_headers.append((b"x-request-id", request_id.encode("latin-1")))
+        except ClientDisconnected:
+            self._client_gone()
+            return
+        except (TimeoutError, OSError, UpstreamProtocolError) as error:
+            self._failed(error)
+            return
+        except Exception as error:  # noqa: BLE001 - logged, answered 500: the gateway goes on
+            self._crash(error)
+            return
+        if self.done:
+            response.release()
+            return
+        self.reused = False
+        self._attach(response)
+        self.upstream_changed()
+
+    async def _streamed_body(self) -> AsyncIterator[bytes]:
+        more = True
+        while more:
+            message = await self.exchange.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk: bytes = message.get("body", b"")
+            more = message.get("more_body", False)
+            if chunk:
+                self.bytes_in += len(chunk)
+                yield chunk
+
+    # -- the response ---------------------------------------------------------
+
+    def _attach(self, response: UpstreamResponse) -> None:
+        self.response = response
+        response.connection.listener = self
+
+    def exchange_changed(self) -> None:
+        try:
+            if self.done:
+                return
+            if self.waiting_body:
+                self._body_came()
+            elif self.responding:
+                self._relay()  # writing may go on
+        except Exception as error:  # noqa: BLE001 - logged, answered 500: the gateway goes on
+            self._crash(error)
+
+    def upstream_changed(self) -> None:
+        try:
+            if not self.done:
+                self._relay()
+        except Exception as error:  # noqa: BLE001 - logged, answered 500: the gateway goes on
+            self._crash(error)
+
+    def _relay(self) -> None:
+        response = self.response
+        if response is None:
+            return
+        connection = response.connection
+        read_timeout = self.route.read_timeout
+        exchange = self.exchange
+        if not self.responding:
+            if not response.head_done:
+                error = connection.error
+                if error is None:
+                    connection.expect(read_timeout)
+                elif self.reused and isinstance(error, UpstreamClosed) and not error.response_began:
+                    # A pooled connection the upstream had closed: the request
+                    # never reached it, and goes again (its body is bytes).
+                    response.release()
+                    self.response = None
+                    self._open(self.body or None)
+                else:
+                    self._failed(error)
+                return
+            headers = _downstream_headers(response.raw_headers)
+            headers.append((b"x-request-id", self.request_id.encode("latin-1")))
             try:
-                await send({"type": "http.response.start", "status": status, "headers": out_headers})
+                exchange.start(response.status, headers)
             except RuntimeError as refused:
                 # The server would not send this head (a field it refuses):
                 # the call failed, and is recorded and answered as such.
-                raise UpstreamProtocolError(
-                    f"the upstream's response head cannot be passed on: {refused}"
-                ) from None
-            response_started = True
-            bytes_out = 0
-            read_timeout = route.read_timeout
-            while True:
-                chunk = await upstream.read(read_timeout)
-                if not chunk:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    break
-                bytes_out += len(chunk)
-                last = upstream.at_eof
-                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-                if last:
-                    break
-        except ClientDisconnected:
-            self.metrics.count(service, "disconnected")
-            if recorder is not None:
-                elapsed = (time.perf_counter() - started) * 1000
-                recorder.error(
-                    request_id,
-                    call,
-                    service,
-                    kind="error",
-                    elapsed_ms=elapsed,
-                    detail="client disconnected",
+                self._failed(
+                    UpstreamProtocolError(f"the upstream's response head cannot be passed on: {refused}")
                 )
-            return
-        except (TimeoutError, OSError, UpstreamProtocolError) as error:
-            elapsed = (time.perf_counter() - started) * 1000
-            kind = error_kind(error)
-            self.metrics.count(service, kind)
-            if recorder is not None:
-                recorder.error(
-                    request_id, call, service, kind=kind, elapsed_ms=elapsed, detail=_detail(error)
-                )
-            if response_started:
-                # Too late for a 502: the status went out. Cut the connection
-                # so the client sees a truncated response, not a complete one.
-                raise
-            answer = _json.encode(
-                {"error": _ERROR_MESSAGE[kind], "service": service, "requestId": request_id}
-            )
-            await _respond(send, _ERROR_STATUS.get(kind, 502), answer, b"application/json", request_id)
-            return
-        finally:
-            if upstream is not None:
-                upstream.release()
-        self.metrics.count(service, _status_class(status))
+                return
+            self.responding = True
+        while not exchange.writing_paused:
+            chunk = response.take()
+            if chunk:
+                self.bytes_out += len(chunk)
+                exchange.write(chunk, not response.complete)
+                if response.complete:
+                    self._finish()
+                    return
+            elif response.complete:
+                exchange.write(b"", False)
+                self._finish()
+                return
+            else:
+                break
+        if connection.error is not None:
+            self._failed(connection.error)
+        elif not exchange.writing_paused:
+            connection.expect(read_timeout)
+
+    # -- the end --------------------------------------------------------------
+
+    def _finish(self) -> None:
+        self.done = True
+        self.exchange.listener = None
+        response = self.response
+        assert response is not None
+        response.release()
+        service = self.route.service
+        self.app.metrics.count(service, _STATUS_CLASS.get(response.status // 100, "other"))
+        recorder = self.app.recorder
         if recorder is not None:
             recorder.response(
-                request_id,
-                call,
+                self.request_id,
+                self.call,
                 service,
-                status=status,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                headers=upstream.raw_headers,
+                status=response.status,
+                latency_ms=(time.perf_counter() - self.started) * 1000,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                headers=response.raw_headers,
             )
 
+    def _end(self) -> None:
+        self.done = True
+        self.exchange.listener = None
+        if self.response is not None:
+            # Not read whole: the connection is closed, not kept.
+            self.response.release()
+            self.response = None
 
-def _status_class(status: int) -> str:
-    return f"{status // 100}xx"
+    def _client_gone(self) -> None:
+        if self.done:
+            return
+        self._end()
+        service = self.route.service
+        self.app.metrics.count(service, "disconnected")
+        recorder = self.app.recorder
+        if recorder is not None:
+            recorder.error(
+                self.request_id,
+                self.call,
+                service,
+                kind="error",
+                elapsed_ms=(time.perf_counter() - self.started) * 1000 if self.started else 0.0,
+                detail="client disconnected",
+            )
+
+    def _failed(self, error: BaseException) -> None:
+        if self.done:
+            return
+        self._end()
+        elapsed = (time.perf_counter() - self.started) * 1000
+        kind = error_kind(error)
+        service = self.route.service
+        self.app.metrics.count(service, kind)
+        recorder = self.app.recorder
+        if recorder is not None:
+            recorder.error(
+                self.request_id, self.call, service, kind=kind, elapsed_ms=elapsed, detail=_detail(error)
+            )
+        exchange = self.exchange
+        if self.responding:
+            # Too late for a 502: the status went out. Cut the connection so
+            # the client sees a truncated response, not a complete one.
+            exchange.abort()
+            return
+        answer = {"error": _ERROR_MESSAGE[kind], "service": service, "requestId": self.request_id}
+        _answer(exchange, _ERROR_STATUS.get(kind, 502), answer, self.request_id)
+
+    def _crash(self, error: BaseException) -> None:
+        self._end()
+        self.exchange.fail(error)
+
+
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 def _detail(error: BaseException) -> str:
@@ -515,13 +678,11 @@ def _detail(error: BaseException) -> str:
     return text[:500]
 
 
-def _request_head(
-    scope: Scope, method: str, url: URL, route: _CompiledRoute
-) -> tuple[bytes, str, int | None, bool]:
+def _request_head(exchange: Exchange, url: URL, route: _CompiledRoute) -> tuple[bytes, str, int | None, bool]:
     """The request line and headers to send upstream, but for the body's
     framing header and the blank line; the request id, the declared body
     length and whether the body is chunked."""
-    raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+    raw_headers = exchange.headers
     given_id = traceparent = host = None
     forwarded_for: list[bytes] = []
     content_length: int | None = None
@@ -551,7 +712,7 @@ def _request_head(
         kept.append((name, value))
     request_id = request_id_from(given_id, traceparent)
     parts = [
-        method.encode("ascii"),
+        exchange.method.encode("ascii"),
         b" ",
         url.raw_path_qs.encode("latin-1"),
         b" HTTP/1.1\r\n",
@@ -561,12 +722,12 @@ def _request_head(
         if name not in connection_tokens:
             parts += (name, b": ", value, b"\r\n")
     parts += (b"x-request-id: ", request_id.encode("latin-1"), b"\r\n")
-    client = scope.get("client")
+    client = exchange.client
     if client:
-        forwarded_for.append(str(client[0]).encode("latin-1"))
+        forwarded_for.append(client[0].encode("latin-1"))
     if forwarded_for:
         parts += (b"x-forwarded-for: ", b", ".join(forwarded_for), b"\r\n")
-    parts += (b"x-forwarded-proto: ", str(scope.get("scheme", "http")).encode("latin-1"), b"\r\n")
+    parts += (b"x-forwarded-proto: ", exchange.scheme.encode("latin-1"), b"\r\n")
     if host is not None:
         parts += (b"x-forwarded-host: ", host, b"\r\n")
     return b"".join(parts), request_id, content_length, chunked
@@ -583,24 +744,12 @@ def _downstream_headers(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[by
     return [(name, value) for name, value in lowered if name not in dropped and name != b"x-request-id"]
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-async def _respond(send: Send, status: int, body: bytes, content_type: bytes, request_id: str | None) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if request_id is not None:
-        headers.append((b"x-request-id", request_id.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+def _answer(exchange: Exchange, status: int, answer: dict[str, str], request_id: str) -> None:
+    exchange.respond(
+        status,
+        _json.encode(answer),
+        [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode("latin-1"))],
+    )
 
 
 def build_app(config: GatewayConfig, publisher: Publisher | None = None) -> GatewayApp:

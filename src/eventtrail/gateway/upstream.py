@@ -17,12 +17,14 @@ import asyncio
 import collections
 import ssl
 import time
+import typing
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 import httptools
 
 __all__ = [
+    "Connection",
     "Origin",
     "UpstreamClosed",
     "UpstreamPool",
@@ -50,8 +52,19 @@ class UpstreamProtocolError(Exception):
     """The upstream answered something that is not HTTP/1.x."""
 
 
-class _Connection(asyncio.Protocol):
-    """One connection to an upstream, carrying one exchange at a time."""
+class UpstreamListener(typing.Protocol):
+    def upstream_changed(self) -> None:
+        """The response has news (its head, body, its end) or failed."""
+
+
+class Connection(asyncio.Protocol):
+    """One connection to an upstream, carrying one exchange at a time.
+
+    Its exchange is followed either by awaiting :meth:`wait` (and
+    :meth:`UpstreamResponse.read`) or, with no task, by a ``listener`` told
+    after each read of what it brought, and of a failure or a timeout; the
+    listener calls :meth:`expect` while it waits for more.
+    """
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
@@ -71,6 +84,8 @@ class _Connection(asyncio.Protocol):
         self._response: UpstreamResponse | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._head_only = False
+        self._expecting = False
+        self.listener: UpstreamListener | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -102,8 +117,19 @@ class _Connection(asyncio.Protocol):
             self._drain_waiter.set_exception(
                 UpstreamClosed("the upstream closed the connection", response_began=False)
             )
+        self._tell_listener()
 
     def data_received(self, data: bytes) -> None:
+        self._read(data)
+        self._tell_listener()
+
+    def _tell_listener(self) -> None:
+        listener = self.listener
+        if listener is not None and self._response is not None:
+            self._expecting = False
+            listener.upstream_changed()
+
+    def _read(self, data: bytes) -> None:
         parser = self._parser
         if parser is None or self._response is None:
             # Bytes nobody asked for (after a complete response): this
@@ -185,12 +211,14 @@ class _Connection(asyncio.Protocol):
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
+            self._expecting = False
             waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
         waiter = self._waiter
         if waiter is not None and not waiter.done():
+            self._expecting = False
             waiter.set_exception(error)
 
     def _finish(self) -> None:
@@ -220,6 +248,16 @@ class _Connection(asyncio.Protocol):
             raise self._error
         waiter = self.loop.create_future()
         self._waiter = waiter
+        self.expect(timeout)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def expect(self, timeout: float | None) -> None:
+        """More of the response is awaited: if none comes within ``timeout``
+        seconds, the exchange fails with :class:`TimeoutError`."""
+        self._expecting = True
         self._timeout = timeout
         if timeout is not None:
             deadline = self._deadline = self.loop.time() + timeout
@@ -230,19 +268,16 @@ class _Connection(asyncio.Protocol):
                 if timer is not None:
                     timer.cancel()
                 self._timer = self.loop.call_at(deadline, self._check_deadline)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
     def _check_deadline(self) -> None:
         self._timer = None
-        waiter = self._waiter
         timeout = self._timeout
-        if waiter is None or waiter.done() or timeout is None:
+        if not self._expecting or timeout is None or self._response is None:
             return  # nothing waits (the next wait sets the timer again)
         if self.loop.time() >= self._deadline:
-            waiter.set_exception(TimeoutError(f"the upstream sent nothing for {timeout:g}s"))
+            self._expecting = False
+            self._fail(TimeoutError(f"the upstream sent nothing for {timeout:g}s"))
+            self._tell_listener()
         else:
             self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
@@ -269,11 +304,18 @@ class _Connection(asyncio.Protocol):
             raise self._error or UpstreamClosed("the upstream closed the connection", response_began=False)
         self.transport.write(data)
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the exchange failed, if it did."""
+        return self._error
+
     def release(self, response: UpstreamResponse) -> None:
         """The exchange is over: keep the connection for the next one if
         its response was read whole and both sides allow it."""
         self._response = None
         self._waiter = None
+        self.listener = None
+        self._expecting = False
         if response.complete and response.keep_alive and not self.closed and not self._reading_paused:
             self.origin.keep(self)
         else:
@@ -297,7 +339,7 @@ class UpstreamResponse:
         "status",
     )
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
@@ -308,6 +350,10 @@ class UpstreamResponse:
         self.framed = True
         self.complete = False
         self.keep_alive = False
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
 
     @property
     def at_eof(self) -> bool:
@@ -321,11 +367,16 @@ class UpstreamResponse:
             if self.complete:
                 return b""
             await self._connection.wait(timeout)
-        if len(self.chunks) == 1:
-            chunk = self.chunks.popleft()
-        else:
-            chunk = b"".join(self.chunks)
-            self.chunks.clear()
+        return self.take()
+
+    def take(self) -> bytes:
+        """The body received since the last call, without waiting (``b""``
+        if none came); reading from the upstream goes on if it had paused."""
+        chunks = self.chunks
+        if not chunks:
+            return b""
+        chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         self.buffered = 0
         self._connection.resume_reading()
         return chunk
@@ -344,20 +395,20 @@ class Origin:
         self.host = host
         self.port = port
         self.server_hostname = server_hostname
-        self.idle: list[_Connection] = []
+        self.idle: list[Connection] = []
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: Connection) -> None:
         if connection in self.idle:
             self.idle.remove(connection)
 
-    def keep(self, connection: _Connection) -> None:
+    def keep(self, connection: Connection) -> None:
         if self.pool.closed or len(self.idle) >= self.pool.max_idle_per_origin:
             connection._close()
             return
         connection.idle_since = time.monotonic()
         self.idle.append(connection)
 
-    def take(self) -> _Connection | None:
+    def take(self) -> Connection | None:
         """The most recently used idle connection still worth trying."""
         idle = self.idle
         while idle:
@@ -370,11 +421,11 @@ class Origin:
             return connection
         return None
 
-    async def connect(self, timeout: float | None) -> _Connection:
+    async def connect(self, timeout: float | None) -> Connection:
         loop = asyncio.get_running_loop()
         ssl_context = self.pool.ssl_context if self.scheme == "https" else None
         opening = loop.create_connection(
-            lambda: _Connection(self),
+            lambda: Connection(self),
             self.host,
             self.port,
             ssl=ssl_context,
@@ -425,6 +476,22 @@ class UpstreamPool:
             found = self._origins[key] = Origin(self, scheme, host, port, server_hostname or host)
         return found
 
+    def send(self, origin: Origin, request: bytes, *, head_only: bool) -> UpstreamResponse | None:
+        """``request`` (its head and whole body) sent on an idle connection
+        to ``origin``, without waiting for anything; ``None`` if none is
+        kept. The response comes to the connection's listener (or to
+        :meth:`Connection.wait`); should the upstream have closed that
+        connection meanwhile, it fails with :class:`UpstreamClosed` before
+        any byte of it (``response_began`` false), and may be sent again."""
+        if self.closed:
+            raise RuntimeError("the upstream pool is closed")
+        connection = origin.take()
+        if connection is None:
+            return None
+        response = connection.begin(head_only)
+        connection.write(request)
+        return response
+
     async def request(
         self,
         origin: Origin,
@@ -474,7 +541,7 @@ class UpstreamPool:
             origin.idle.clear()
 
 
-async def _send_stream(connection: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+async def _send_stream(connection: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
     async for chunk in body:
         if not chunk:
             continue
