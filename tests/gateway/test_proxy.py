@@ -292,20 +292,16 @@ def test_a_response_head_the_server_refuses_is_a_recorded_502(upstream_url: str,
         def __init__(self) -> None:
             self.answered = asyncio.Event()
 
-        def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:
             if not sent:
                 sent.append({"refused": status})
                 raise RuntimeError("invalid response header name or value")
-            sent.append({"status": status})
-
-        def write(self, body: bytes, more: bool) -> None:
-            sent.append({"body": body})
+            sent.extend(({"status": status}, {"body": body}))
             if not more:
                 self.answered.set()
 
         def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-            self.start(status, headers)
-            self.write(body, False)
+            self.answer(status, headers, body, False)
 
     async def call() -> None:
         await app.startup()

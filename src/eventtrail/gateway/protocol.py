@@ -373,6 +373,16 @@ class Exchange:
         RFC 9110 does not allow, a negative length), before anything went out.
         The head leaves with the first body piece, or at the end of this
         turn of the event loop."""
+        self._hold_head(status, headers)
+        self.protocol.hold_head()
+
+    def answer(self, status: int, headers: Any, body: bytes, more: bool) -> None:
+        """:meth:`start` and :meth:`write` at once: the head leaves now,
+        with ``body``."""
+        self._hold_head(status, headers)
+        self.write(body, more)
+
+    def _hold_head(self, status: int, headers: Any) -> None:
         line = STATUS_LINE.get(status)
         if line is None:
             raise RuntimeError(f"invalid response status {status!r}")
@@ -415,7 +425,6 @@ class Exchange:
         self.started = True
         self.expect_continue = False
         self.held = head
-        self.protocol.hold_head()
 
     def flush_head(self) -> None:
         held = self.held
@@ -425,8 +434,7 @@ class Exchange:
 
     def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """A whole response at once, ``content-length`` added."""
-        self.start(status, [*headers, (b"content-length", b"%d" % len(body))])
-        self.write(body, False)
+        self.answer(status, [*headers, (b"content-length", b"%d" % len(body))], body, False)
 
     def abort(self) -> None:
         """Cut the connection: the client sees a truncated response."""

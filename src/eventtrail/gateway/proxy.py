@@ -58,6 +58,11 @@ _HOP_BY_HOP = frozenset(
 _SET_BY_GATEWAY = frozenset(
     {b"host", b"x-request-id", b"x-forwarded-proto", b"x-forwarded-host", b"content-length"}
 )
+# Request fields the gateway reads, drops or replaces (a traceparent is read and passed on).
+_READ_BY_GATEWAY = _HOP_BY_HOP | _SET_BY_GATEWAY | {b"x-forwarded-for", b"traceparent"}
+# Response fields not passed to the client: the upstream's own request id
+# is replaced by the gateway's.
+_NOT_PASSED_DOWN = _HOP_BY_HOP | {b"x-request-id"}
 # Methods whose request carries a length even when its body is empty.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Request bodies up to this size are read whole and sent with their length;
@@ -566,8 +571,10 @@ class _Call:
                 return
             headers = _downstream_headers(response.raw_headers)
             headers.append((b"x-request-id", self.request_id.encode("latin-1")))
+            chunk = response.take()
             try:
-                exchange.start(response.status, headers)
+                # The head leaves with what came of the body (perhaps all of it).
+                exchange.answer(response.status, headers, chunk, not response.complete)
             except RuntimeError as refused:
                 # The server would not send this head (a field it refuses):
                 # the call failed, and is recorded and answered as such.
@@ -576,6 +583,10 @@ class _Call:
                 )
                 return
             self.responding = True
+            self.bytes_out += len(chunk)
+            if response.complete:
+                self._finish()
+                return
         while not exchange.writing_paused:
             chunk = response.take()
             if chunk:
@@ -682,35 +693,11 @@ def _request_head(exchange: Exchange, url: URL, route: _CompiledRoute) -> tuple[
     """The request line and headers to send upstream, but for the body's
     framing header and the blank line; the request id, the declared body
     length and whether the body is chunked."""
-    raw_headers = exchange.headers
     given_id = traceparent = host = None
     forwarded_for: list[bytes] = []
     content_length: int | None = None
     chunked = False
-    connection_tokens: set[bytes] = set()
-    kept: list[tuple[bytes, bytes]] = []
-    for name, value in raw_headers:
-        if name in _HOP_BY_HOP or name in _SET_BY_GATEWAY or name == b"x-forwarded-for":
-            if name == b"x-request-id":
-                given_id = value.decode("latin-1")
-            elif name == b"host":
-                host = value
-            elif name == b"x-forwarded-for":
-                forwarded_for.append(value)
-            elif name == b"connection":
-                connection_tokens.update(token.strip().lower() for token in value.split(b","))
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    content_length = None
-            continue
-        if name == b"traceparent":
-            traceparent = value.decode("latin-1")
-        kept.append((name, value))
-    request_id = request_id_from(given_id, traceparent)
+    connection_tokens: set[bytes] | None = None
     parts = [
         exchange.method.encode("ascii"),
         b" ",
@@ -718,9 +705,38 @@ def _request_head(exchange: Exchange, url: URL, route: _CompiledRoute) -> tuple[
         b" HTTP/1.1\r\n",
         route.host_line,
     ]
-    for name, value in kept:
-        if name not in connection_tokens:
+    first = len(parts)
+    for name, value in exchange.headers:
+        if name not in _READ_BY_GATEWAY:
             parts += (name, b": ", value, b"\r\n")
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1")
+            parts += (name, b": ", value, b"\r\n")
+        elif name == b"x-request-id":
+            given_id = value.decode("latin-1")
+        elif name == b"host":
+            host = value
+        elif name == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif name == b"connection":
+            connection_tokens = (connection_tokens or set()) | {
+                token.strip().lower() for token in value.split(b",")
+            }
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"content-length":
+            try:
+                content_length = int(value)
+            except ValueError:
+                content_length = None
+    if connection_tokens:
+        # Fields the client's Connection header names are for this hop only.
+        kept = parts[first:]
+        del parts[first:]
+        for index in range(0, len(kept), 4):
+            if kept[index] not in connection_tokens:
+                parts += kept[index : index + 4]
+    request_id = request_id_from(given_id, traceparent)
     parts += (b"x-request-id: ", request_id.encode("latin-1"), b"\r\n")
     client = exchange.client
     if client:
@@ -736,12 +752,19 @@ def _request_head(exchange: Exchange, url: URL, route: _CompiledRoute) -> tuple[
 def _downstream_headers(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers minus hop-by-hop ones (and those its
     Connection header names) and its own request id."""
-    lowered = [(name.lower(), value) for name, value in raw_headers]
-    dropped = _HOP_BY_HOP
-    for name, value in lowered:
-        if name == b"connection":
-            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
-    return [(name, value) for name, value in lowered if name not in dropped and name != b"x-request-id"]
+    kept: list[tuple[bytes, bytes]] = []
+    connection_tokens: set[bytes] | None = None
+    for name, value in raw_headers:
+        name = name.lower()
+        if name not in _NOT_PASSED_DOWN:
+            kept.append((name, value))
+        elif name == b"connection":
+            connection_tokens = (connection_tokens or set()) | {
+                token.strip().lower() for token in value.split(b",")
+            }
+    if connection_tokens:
+        kept = [(name, value) for name, value in kept if name not in connection_tokens]
+    return kept
 
 
 def _answer(exchange: Exchange, status: int, answer: dict[str, str], request_id: str) -> None:
