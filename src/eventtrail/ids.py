@@ -4,53 +4,54 @@ eventtrail makes its own ids time-ordered so that index inserts land at the
 right edge of the B-tree instead of scattering over it (about three times the
 ingest rate at a million rows; see docs/benchmarks.md).
 
-The random bits come from :mod:`random` (seeded from the OS at start-up and
-again in a forked child), not from ``os.urandom``: an id must be unique, not
-unguessable, and a system call per id cost the gateway 5 to 8 µs of CPU per
-proxied call under load.
+The bits after the time count from a random start (seeded from the OS at
+start-up and again in a forked child), not from ``os.urandom``: an id must
+be unique, not unguessable, and a system call per id cost the gateway 5 to
+8 µs of CPU per proxied call under load.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import random
-import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 __all__ = ["derived_uuid7_str", "uuid7", "uuid7_str", "uuid_str"]
 
-_lock = threading.Lock()
-_last_ms = 0
-_counter = 0
+# A UUIDv7 has 74 bits that are neither time, version nor variant: this
+# process's ids number them, from a random start (RFC 9562 6.2, method 2: a
+# monotonic random), so that the ids of two processes never meet and those
+# of one sort in the order they were made.
+_NUMBER_BITS = 74
+_NUMBER_MASK = (1 << _NUMBER_BITS) - 1
+_RAND_B_MASK = (1 << 62) - 1
+_numbers: Iterator[int]
+
+
+def _restart_numbers() -> None:
+    global _numbers
+    # next() on a count is atomic: no lock between threads. A forked child starts anew.
+    _numbers = itertools.count(random.getrandbits(_NUMBER_BITS))
+
+
+_restart_numbers()
+os.register_at_fork(after_in_child=_restart_numbers)
 
 
 def _uuid7_int() -> int:
-    global _last_ms, _counter
-    # 62 bits for rand_b, and on a new millisecond 11 more to seed the counter.
-    bits = random.getrandbits(73)
-    with _lock:
-        now_ms = time.time_ns() // 1_000_000
-        if now_ms > _last_ms:
-            _last_ms = now_ms
-            _counter = bits >> 62
-        else:
-            _counter += 1
-            if _counter > 0xFFF:
-                # Counter exhausted within one millisecond: borrow the next one.
-                _last_ms += 1
-                _counter = 0
-        unix_ms, counter = _last_ms, _counter
-    rand_b = bits & 0x3FFF_FFFF_FFFF_FFFF
-    return (unix_ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
+    number = next(_numbers) & _NUMBER_MASK
+    unix_ms = time.time_ns() // 1_000_000
+    return (unix_ms << 80) | (0x7 << 76) | ((number >> 62) << 64) | (0b10 << 62) | (number & _RAND_B_MASK)
 
 
 def uuid7() -> uuid.UUID:
-    """A UUIDv7: 48 bits of Unix milliseconds, then a counter and random bits.
-
-    Ids made in the same millisecond by one process still sort in the order
-    they were made (RFC 9562, method 1: a 12-bit counter in ``rand_a``).
-    """
+    """A UUIDv7: 48 bits of Unix milliseconds, then 74 bits that number
+    this process's ids from a random start. Ids made in the same millisecond
+    by one process sort in the order they were made."""
     return uuid.UUID(int=_uuid7_int())
 
 
