@@ -283,13 +283,13 @@ def test_a_response_head_the_server_refuses_is_a_recorded_502(upstream_url: str,
         raw_path = b"/echo/x"
         path = "/echo/x"
         query = b""
-        headers = [(b"host", b"gw")]
         client = ("127.0.0.1", 5000)
         scheme = "http"
         head_only = disconnected = more_body = writing_paused = False
         listener = None
 
         def __init__(self) -> None:
+            self.headers = [(b"host", b"gw")]
             self.answered = asyncio.Event()
 
         def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:

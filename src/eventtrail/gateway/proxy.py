@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import msgspec
-from yarl import URL
 
 from eventtrail.gateway.config import GatewayConfig, Route
 from eventtrail.gateway.metrics import CONTENT_TYPE, GatewayMetrics
@@ -215,21 +214,18 @@ class _CompiledRoute:
         """Where this route's connections come from in ``pool``."""
         return pool.origin(self.scheme, self.host, self.port)
 
-    def url(self, rest: str, query: str) -> URL:
-        """The upstream URL of a path below the prefix (encoded, normalised,
-        starting with ``/``), built from the route's own parts."""
-        url = URL.build(
-            scheme=self.scheme,
-            authority=self.authority,
-            path=self.base_path + rest,
-            query_string=query,
-            encoded=True,
-        )
-        # The parts above leave no way to another host or out of the base
-        # path; this says so at the one place a request leaves.
-        if url.raw_host != self.host or url.port != self.port or not url.raw_path.startswith(self.path_start):
+    def target(self, rest: str, query: str) -> str:
+        """The request-target sent upstream for a path below the prefix
+        (encoded, normalised, starting with ``/``): the route's base path,
+        then ``rest``, then the query. The host and port are the route's
+        own (its connection and its ``host`` line): nothing in a request
+        names them."""
+        target = self.base_path + rest
+        # Nothing above leaves the base path; this says so at the one place
+        # a request's path leaves.
+        if not target.startswith(self.path_start):
             raise TargetRefused(f"the request target does not stay within {self.route.upstream}")
-        return url
+        return target + "?" + query if query else target
 
 
 class GatewayApp(Handler):
@@ -296,10 +292,11 @@ class GatewayApp(Handler):
                     return route, rest
         return None
 
-    def resolve(self, raw_path: str, query: str = "") -> tuple[_CompiledRoute, URL, str] | str:
+    def resolve(self, raw_path: str, query: str = "") -> tuple[_CompiledRoute, str, str] | str:
         """Where a request for ``raw_path`` (as sent, percent-encoded) goes:
-        its route, the upstream URL and the path recorded (decoded, below the
-        prefix); or, when no route takes it, its decoded, normalised path.
+        its route, the request-target sent upstream and the path recorded
+        (decoded, below the prefix); or, when no route takes it, its decoded,
+        normalised path.
 
         Raises :class:`TargetRefused` for a target that is not forwarded.
         """
@@ -313,7 +310,7 @@ class GatewayApp(Handler):
         # No encoded slash is left, so the decoded path has the segments of
         # the encoded one: the part forwarded is cut after as many segments.
         raw_rest = (_after_segments(raw, route.depth) or "/") if encoded else rest
-        return route, route.url(raw_rest, query), rest
+        return route, route.target(raw_rest, query), rest
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI lifespan. Requests come through :meth:`handle`, from the
@@ -391,7 +388,7 @@ class _Call:
         pool: UpstreamPool,
         exchange: Exchange,
         route: _CompiledRoute,
-        url: URL,
+        target: str,
         rest: str,
         query: str,
     ) -> None:
@@ -401,7 +398,7 @@ class _Call:
         self.route = route
         self.rest = rest
         self.query = query
-        self.head, self.request_id, content_length, self.chunked = _request_head(exchange, url, route)
+        self.head, self.request_id, content_length, self.chunked = _request_head(exchange, target, route)
         if self.chunked:
             # The parser refuses a request with both; if one ever came, chunked wins (RFC 9112 6.3).
             content_length = None
@@ -689,7 +686,9 @@ def _detail(error: BaseException) -> str:
     return text[:500]
 
 
-def _request_head(exchange: Exchange, url: URL, route: _CompiledRoute) -> tuple[bytes, str, int | None, bool]:
+def _request_head(
+    exchange: Exchange, target: str, route: _CompiledRoute
+) -> tuple[bytes, str, int | None, bool]:
     """The request line and headers to send upstream, but for the body's
     framing header and the blank line; the request id, the declared body
     length and whether the body is chunked."""
@@ -701,7 +700,7 @@ def _request_head(exchange: Exchange, url: URL, route: _CompiledRoute) -> tuple[
     parts = [
         exchange.method.encode("ascii"),
         b" ",
-        url.raw_path_qs.encode("latin-1"),
+        target.encode("latin-1"),
         b" HTTP/1.1\r\n",
         route.host_line,
     ]
