@@ -89,6 +89,8 @@ _VALID_HEAD = re.compile(
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
 )
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
+# The response fields the protocol reads: they frame the body, or end the connection.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 # Request body buffered for the application past this pauses reading.
 _HIGH_WATER = 64 * 1024
 # Requests parsed ahead of their turn (pipelining) past this pause reading.
@@ -360,8 +362,10 @@ class Exchange:
             if self.remaining and not self.head_only:
                 raise RuntimeError("response body shorter than its content-length")
             self.complete = True
-            # A request body the application did not read is of no use now.
+            # A request body the application did not read is of no use now;
+            # an ASGI application waiting for it is told (a handler knows).
             self.body.clear()
+            self.listener = None
             self.wake()
             if not self.keep_alive:
                 protocol.transport.close()
@@ -393,15 +397,16 @@ class Exchange:
         legacy = self.http_version == "1.0"
         for name, value in [*default_headers, *headers] if default_headers else headers:
             name = name.lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                if legacy:
-                    continue  # not a coding an HTTP/1.0 client can read: the body goes as it is
-                self.chunked = value.lower() == b"chunked"
-            elif name == b"connection" and b"close" in (token.strip().lower() for token in value.split(b",")):
-                self.keep_alive = False
-                closing = True
+            if name in _FRAMING:
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"transfer-encoding":
+                    if legacy:
+                        continue  # not a coding an HTTP/1.0 client can read: the body goes as it is
+                    self.chunked = value.lower() == b"chunked"
+                elif b"close" in (token.strip().lower() for token in value.split(b",")):
+                    self.keep_alive = False
+                    closing = True
             parts += (name, b": ", value, b"\r\n")
         if not self.keep_alive and not closing:
             parts.append(b"connection: close\r\n")
