@@ -1,13 +1,17 @@
-"""The reverse proxy: an ASGI app that forwards each request to the service
-its path prefix names, streams both bodies, and records the call.
+"""The reverse proxy: forwards each request to the service its path prefix
+names, streams both bodies, and records the call.
 
-Plain ASGI rather than a framework's Request/Response objects: a proxy reads
-the raw header list once and relays body chunks as they come, and every
-microsecond of its own is added to every call it makes. The upstream client
-is :mod:`eventtrail.gateway.upstream`: keep-alive connections parsed by
-httptools, with the request head written as bytes in one piece (aiohttp's
-ClientSession, used before, cost several times its CPU per call; see
-docs/benchmarks.md).
+Every microsecond of its own is added to every call it makes, so a call is
+moved on by the callbacks of its two sides rather than by a task: the
+gateway's server protocol hands it the request (:class:`_Call`, one per
+request), and the upstream connection tells it when the response's head,
+body or end came, which it relays at once. A task is made only to open a
+connection or to stream a request body. A task per request, its wake-ups and
+ASGI's messages cost more than the rest of a call's own work; a Python proxy
+with none of the gateway's checks serves as many requests as nginx here
+(docs/benchmarks.md, gateway section). The upstream client is
+:mod:`eventtrail.gateway.upstream`: keep-alive connections parsed by
+httptools, with the request head written as bytes in one piece.
 """
 
 from __future__ import annotations
@@ -237,6 +241,9 @@ class GatewayApp(Handler):
     proxies without recording. The app opens its upstream connection pool on
     ASGI lifespan startup (or on first use) and closes it on shutdown; the
     publisher belongs to the caller, who closes it after the server stopped.
+    It is served by :class:`~eventtrail.gateway.GatewayServer` (or
+    ``eventtrail gateway``), whose protocol calls :meth:`handle`; other ASGI
+    servers cannot serve it.
     """
 
     def __init__(self, config: GatewayConfig, publisher: Publisher | None = None) -> None:

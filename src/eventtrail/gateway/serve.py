@@ -141,7 +141,8 @@ def server_config(
 
 
 class GatewayServer:
-    """An ASGI app served by uvicorn in a background thread.
+    """The gateway app (or any ASGI app) served by uvicorn, with the
+    gateway's protocol, in a background thread.
 
     ``start()`` returns once the port accepts connections; ``stop()`` lets
     in-flight requests finish, stops the server, then closes ``publisher``
