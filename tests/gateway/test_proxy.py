@@ -4,6 +4,7 @@ events each call leaves in the queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -412,3 +413,109 @@ def test_the_head_of_a_slow_answer_is_not_held_back(make_gateway: GatewayFactory
     finally:
         thread.join(5)
         listener.close()
+
+
+def _read_request(connection: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = connection.recv(65536)
+        if not piece:
+            return data
+        data += piece
+    return data
+
+
+def test_a_pooled_connection_the_upstream_dropped_is_replaced_and_each_call_recorded_once(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """The upstream answers the first request of each connection, and closes
+    it unanswered when a second one comes on it: the gateway sends that
+    request again on a new connection (it never reached the service), so
+    every client gets its answer and every call has one request and one
+    response event."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    dropped: list[bytes] = []
+
+    def one_answer_per_connection() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                with contextlib.suppress(OSError):
+                    _read_request(connection)
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    if second := _read_request(connection):
+                        dropped.append(second)
+
+    thread = threading.Thread(target=one_answer_per_connection, daemon=True)
+    thread.start()
+    try:
+        gateway = make_gateway(
+            [{"prefix": "/d", "service": "Dropping", "upstream": f"http://127.0.0.1:{port}"}]
+        )
+        with httpx.Client() as client:
+            answers = [client.get(f"{gateway.url}/d/{number}") for number in range(4)]
+        gateway.stop()
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert [(answer.status_code, answer.text) for answer in answers] == [(200, "ok")] * 4
+    # The requests after the first each found the pooled connection dropped.
+    assert len(dropped) == 3
+    events = queued_events(tmp_path / "queue.db")
+    assert sorted(event.type for event in events) == sorted([REQUEST, RESPONSE] * 4)
+    assert len({event.data["callId"] for event in events}) == 4
+
+
+def test_a_client_that_reads_slowly_gets_the_whole_answer_and_the_upstream_waits(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """A client reading a large answer far slower than the upstream sends it:
+    the gateway stops reading from the upstream while the client's side is
+    full, and goes on when it drains; nothing is lost or sent twice."""
+    size = 24 * 1024 * 1024 + 5
+    gateway = make_gateway()
+    with httpx.Client() as client:
+        with client.stream("GET", f"{gateway.url}/echo/download/{size}") as answer:
+            received = 0
+            for piece in answer.iter_bytes(256 * 1024):
+                received += len(piece)
+                time.sleep(0.005)
+        after = client.get(f"{gateway.url}/echo/next")
+    assert (answer.status_code, received) == (200, size)
+    assert after.json()["path"] == "/next"
+    gateway.stop()
+    responses = [event for event in queued_events(tmp_path / "queue.db") if event.type == RESPONSE]
+    assert [event.data["bytesOut"] for event in responses] == [size, len(after.content)]
+
+
+def test_a_client_gone_before_its_body_came_is_recorded_as_disconnected(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    gateway = make_gateway()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+        client.sendall(b"POST /echo/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    metrics = ""
+    while 'outcome="disconnected"} 1' not in metrics and time.monotonic() < deadline:
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        time.sleep(0.05)
+    assert 'eventtrail_gateway_requests_total{service="Echo",outcome="disconnected"} 1' in metrics
+    gateway.stop()
+    request, error = queued_events(tmp_path / "queue.db")
+    assert (request.type, error.type, error.data["error"], error.data["detail"]) == (
+        REQUEST,
+        ERROR,
+        "error",
+        "client disconnected",
+    )
