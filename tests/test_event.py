@@ -16,6 +16,7 @@ from eventtrail.event import (
     Event,
     InvalidEvent,
     encode_event,
+    encode_new_event,
     normalise_timestamp,
     parse_event,
 )
@@ -201,6 +202,23 @@ def test_any_valid_event_round_trips(
     assert parse_event(encode_event(event)) == event
     assert event.data == data
     assert event.moment == moment
+
+
+@given(
+    event_id=_key,
+    request_id=_key,
+    moment=_moments,
+    type_=_key,
+    source=_key,
+    data=st.dictionaries(st.text(max_size=10), _json, max_size=6),
+)
+def test_a_new_event_is_encoded_as_the_event_it_makes(
+    event_id: str, request_id: str, moment: datetime, type_: str, source: str, data: dict[str, Any]
+) -> None:
+    timestamp = normalise_timestamp(_iso(moment))
+    made = encode_new_event(event_id, request_id, timestamp, type_, source, data)
+    assert made == encode_event(Event(event_id, request_id, timestamp, type_, source, data))
+    assert parse_event(made) == Event(event_id, request_id, timestamp, type_, source, data)
 
 
 @given(first=_moments, second=_moments)

@@ -23,6 +23,7 @@ __all__ = [
     "InvalidEvent",
     "encode_event",
     "encode_events",
+    "encode_new_event",
     "normalise_timestamp",
     "parse_event",
 ]
@@ -185,3 +186,24 @@ def encode_event(event: Event) -> bytes:
 def encode_events(events: list[Event]) -> bytes:
     """Encode a list of events as one JSON array."""
     return _encoder.encode(events)
+
+
+class _NewEvent(msgspec.Struct, rename="camel"):
+    # Event's fields in Event's order: the same wire bytes, no normalising.
+    id: str
+    request_id: str
+    timestamp: str
+    type: str
+    source: str
+    data: dict[str, Any]
+
+
+def encode_new_event(
+    id: str, request_id: str, timestamp: str, type: str, source: str, data: dict[str, Any]
+) -> bytes:
+    """The body :func:`encode_event` gives for an event made from these
+    fields, for an event eventtrail makes itself with a timestamp already in
+    the normalised form (:func:`eventtrail.times.format_unix_ns`): the
+    gateway's queue process makes one per recorded call event, and checking
+    again what it just formatted was a sixth of its work per event."""
+    return _encoder.encode(_NewEvent(id, request_id, timestamp, type, source, data))

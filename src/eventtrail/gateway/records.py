@@ -37,7 +37,7 @@ from eventtrail.calls import (
     request_data,
     response_data,
 )
-from eventtrail.event import DEFAULT_MAX_BODY_BYTES, Event, encode_event
+from eventtrail.event import DEFAULT_MAX_BODY_BYTES, Event, encode_event, encode_new_event
 from eventtrail.ids import uuid_str
 from eventtrail.queue import BodyTooLarge, PartialSend, Queue, QueueError
 from eventtrail.times import format_unix_ns
@@ -190,7 +190,7 @@ def _event_id(call_id: str, kind: int) -> str:
     return call_id[:-1] + _WITH_KIND[kind][call_id[-1]]
 
 
-def _event(record: Record) -> Event:
+def _body(record: Record) -> str:
     kind, unix_ns, request_id, call, service, source, *rest = record
     call_id = call_id_of(call)
     if kind == _REQUEST:
@@ -204,21 +204,14 @@ def _event(record: Record) -> Event:
         data = error_data(service, call_id, error, elapsed_ms, detail, None)
     else:
         raise ValueError(f"not a call record: {record[:1]!r}")
-    return Event(
-        id=_event_id(call_id, kind),
-        request_id=request_id,
-        timestamp=format_unix_ns(unix_ns),
-        type=_TYPES[kind],
-        source=source,
-        data=data,
-    )
+    return encode_new_event(
+        _event_id(call_id, kind), request_id, format_unix_ns(unix_ns), _TYPES[kind], source, data
+    ).decode()
 
 
 def bodies_of(records: Iterable[Record]) -> list[str]:
     """The message body of each record's event, in order."""
-    return [
-        record[1] if record[0] == _ENCODED else encode_event(_event(record)).decode() for record in records
-    ]
+    return [record[1] if record[0] == _ENCODED else _body(record) for record in records]
 
 
 def pack(records: Sequence[Record]) -> bytes:
