@@ -32,6 +32,7 @@ from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.recorder import CallRecorder
 from eventtrail.gateway.requestid import request_id_from, request_id_from_headers
 from eventtrail.gateway.upstream import (
+    Connection,
     Origin,
     UpstreamClosed,
     UpstreamPool,
@@ -373,6 +374,7 @@ class _Call:
         "bytes_out",
         "call",
         "chunked",
+        "connection",
         "done",
         "exchange",
         "head",
@@ -429,6 +431,7 @@ class _Call:
         self.call = 0
         self.started = 0.0
         self.response: UpstreamResponse | None = None
+        self.connection: Connection | None = None
         self.responding = False
         self.reused = False
         self.done = False
@@ -532,7 +535,8 @@ class _Call:
 
     def _attach(self, response: UpstreamResponse) -> None:
         self.response = response
-        response.connection.listener = self
+        self.connection = response.connection
+        self.connection.listener = self
 
     def exchange_changed(self) -> None:
         try:
@@ -554,9 +558,9 @@ class _Call:
 
     def _relay(self) -> None:
         response = self.response
-        if response is None:
+        connection = self.connection
+        if response is None or connection is None:
             return
-        connection = response.connection
         read_timeout = self.route.read_timeout
         exchange = self.exchange
         if not self.responding:

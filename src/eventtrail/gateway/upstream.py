@@ -40,6 +40,12 @@ _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 
 
+# The response fields that frame its body (else the end of the connection
+# does), and their lengths, so that most names are not lowercased to be told apart.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
+
+
 class UpstreamClosed(ConnectionError):
     """The upstream closed the connection before its response was complete."""
 
@@ -164,8 +170,11 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self._response is not None
-        self._response.raw_headers.append((name, value))
+        response = self._response
+        assert response is not None
+        response.raw_headers.append((name, value))
+        if len(name) in _FRAMING_LENGTHS and name.lower() in _FRAMING:
+            response.framed = True
 
     def on_headers_complete(self) -> None:
         response = self._response
@@ -176,18 +185,15 @@ class Connection(asyncio.Protocol):
             # An interim answer (100 Continue, 103 Early Hints): the final
             # one follows on the same message stream.
             response.raw_headers = []
+            response.framed = False
             return
         response.status = status
-        response.framed = False
-        for name, _ in response.raw_headers:
-            lowered = name.lower()
-            if lowered == b"content-length" or lowered == b"transfer-encoding":
-                response.framed = True
         response.head_done = True
         no_body = self._head_only or status in (204, 304)
         if no_body:
             response.framed = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
         if no_body:
             self._finish()
 
@@ -199,7 +205,8 @@ class Connection(asyncio.Protocol):
         if response.buffered > _HIGH_WATER and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def on_message_complete(self) -> None:
         response = self._response
@@ -228,7 +235,8 @@ class Connection(asyncio.Protocol):
         # A body the end of the connection delimits leaves nothing to reuse.
         response.keep_alive = not self.closed and response.framed and self._parser.should_keep_alive()
         self._parser = None
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _close(self) -> None:
         if not self.closed:
@@ -347,7 +355,9 @@ class UpstreamResponse:
         self.buffered = 0
         self.began = False
         self.head_done = False
-        self.framed = True
+        # A framing field came (see Connection.on_header); else the end of
+        # the connection ends the body.
+        self.framed = False
         self.complete = False
         self.keep_alive = False
 
