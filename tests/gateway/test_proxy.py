@@ -23,7 +23,7 @@ from eventtrail.gateway import GatewayApp, parse_gateway_config
 from eventtrail.gateway.protocol import Exchange
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.spill import SpillFile
-from tests.gateway.conftest import GatewayFactory, queued_events
+from tests.gateway.conftest import GatewayFactory, queued_events, read_answer
 from tests.gateway.upstreams import resetting_server
 from tests.servers import free_port
 
@@ -519,3 +519,20 @@ def test_a_client_gone_before_its_body_came_is_recorded_as_disconnected(
         "error",
         "client disconnected",
     )
+
+
+def test_a_gateway_stopped_with_a_call_in_flight_answers_it_and_records_it(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    gateway = make_gateway()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+        client.sendall(b"GET /echo/slow HTTP/1.1\r\nHost: gw\r\n\r\n")
+        time.sleep(0.3)
+        gateway.stop()  # the upstream answers /slow after 2 s
+        answer = read_answer(client, 5)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"connection: close" in answer
+    assert answer.endswith(b"}")
+    request, response = queued_events(tmp_path / "queue.db")
+    assert (request.type, response.type, response.data["status"]) == (REQUEST, RESPONSE, 200)
+    assert response.data["latencyMs"] >= 1500
