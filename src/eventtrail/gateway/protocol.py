@@ -112,8 +112,9 @@ class _HeadTooLarge(Exception):
 class Exchange:
     """One request and its response.
 
-    A :class:`Handler` reads the request from its fields and :meth:`take_body`,
-    and answers with :meth:`start` then :meth:`write`; it sets ``listener``
+    A :class:`Handler` reads the request from its fields and :meth:`take_body`
+    (after :meth:`want_body`), and answers with :meth:`answer` (or
+    :meth:`start`), :meth:`write` and :meth:`respond`; it sets ``listener``
     to be told (at most once per turn of the event loop, never from inside
     the parser) when more of the body came, the client went away
     (``disconnected``), or writing may go on after a pause
@@ -739,8 +740,8 @@ class HttpProtocol(asyncio.Protocol):
         self.state.tasks.add(task)
 
     def _handle(self, exchange: Exchange) -> None:
-        if exchange.disconnected:
-            return
+        # Even for a client gone meanwhile: what its request asked is done,
+        # and the handler counts it.
         assert self.handler is not None
         try:
             self.handler.handle(exchange)

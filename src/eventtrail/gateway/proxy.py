@@ -264,6 +264,8 @@ class GatewayApp(Handler):
         )
         self._metrics_path = config.metrics_path
         self._pool: UpstreamPool | None = None
+        #: Calls' tasks in flight (opening a connection, streaming a body).
+        self.tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -445,11 +447,13 @@ class _Call:
             self.call = recorder.request(
                 self.request_id, self.route.service, exchange.method, self.rest, self.query, exchange.headers
             )
-        exchange.listener = self
         if self.streamed:
+            # The body goes as it comes, read by the task that sends it.
             self.started = time.perf_counter()
             self._open(self._streamed_body())
-        elif self.waiting_body:
+            return
+        exchange.listener = self
+        if self.waiting_body:
             exchange.want_body()
             self._body_came()
         else:
@@ -489,7 +493,11 @@ class _Call:
         """Send the request the slow way: on a new connection, or with a
         body streamed as it comes, or again after a pooled connection
         turned out closed."""
-        asyncio.get_running_loop().create_task(self._request(body))
+        task = asyncio.get_running_loop().create_task(self._request(body))
+        # The loop holds tasks weakly: the app holds those in flight.
+        tasks = self.app.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _request(self, body: bytes | AsyncIterator[bytes] | None) -> None:
         route = self.route
@@ -537,6 +545,7 @@ class _Call:
         self.response = response
         self.connection = response.connection
         self.connection.listener = self
+        self.exchange.listener = self
 
     def exchange_changed(self) -> None:
         try:
