@@ -18,32 +18,39 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-__all__ = ["derived_uuid7_str", "uuid7", "uuid7_str", "uuid_str"]
+__all__ = ["counter", "derived_uuid7_str", "uuid7", "uuid7_str", "uuid_str"]
+
+
+def counter(bits: int) -> Callable[[], int]:
+    """Numbers of ``bits`` bits for one process: consecutive, from a random
+    start (so that two processes, or runs, never share one; a forked child
+    starts anew), without a lock (``next()`` on a count is atomic)."""
+    mask = (1 << bits) - 1
+    numbers: list[Iterator[int]] = []
+
+    def restart() -> None:
+        numbers[:] = [itertools.count(random.getrandbits(bits))]
+
+    def take() -> int:
+        return next(numbers[0]) & mask
+
+    restart()
+    os.register_at_fork(after_in_child=restart)
+    return take
+
 
 # A UUIDv7 has 74 bits that are neither time, version nor variant: this
-# process's ids number them, from a random start (RFC 9562 6.2, method 2: a
-# monotonic random), so that the ids of two processes never meet and those
-# of one sort in the order they were made.
-_NUMBER_BITS = 74
-_NUMBER_MASK = (1 << _NUMBER_BITS) - 1
+# process's ids number them (RFC 9562 6.2, method 2: a monotonic random), so
+# that the ids of two processes never meet and those of one sort in the
+# order they were made.
+_next_number = counter(74)
 _RAND_B_MASK = (1 << 62) - 1
-_numbers: Iterator[int]
-
-
-def _restart_numbers() -> None:
-    global _numbers
-    # next() on a count is atomic: no lock between threads. A forked child starts anew.
-    _numbers = itertools.count(random.getrandbits(_NUMBER_BITS))
-
-
-_restart_numbers()
-os.register_at_fork(after_in_child=_restart_numbers)
 
 
 def _uuid7_int() -> int:
-    number = next(_numbers) & _NUMBER_MASK
+    number = _next_number()
     unix_ms = time.time_ns() // 1_000_000
     return (unix_ms << 80) | (0x7 << 76) | ((number >> 62) << 64) | (0b10 << 62) | (number & _RAND_B_MASK)
 

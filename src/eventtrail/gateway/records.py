@@ -20,11 +20,8 @@ reported to the caller (:data:`Refused`), and the rest of its batch goes on.
 from __future__ import annotations
 
 import io
-import itertools
-import os
 import pickle
-import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -38,7 +35,7 @@ from eventtrail.calls import (
     response_data,
 )
 from eventtrail.event import DEFAULT_MAX_BODY_BYTES, Event, encode_event, encode_new_event
-from eventtrail.ids import uuid_str
+from eventtrail.ids import counter, uuid_str
 from eventtrail.queue import BodyTooLarge, PartialSend, Queue, QueueError
 from eventtrail.times import format_unix_ns
 
@@ -81,23 +78,12 @@ Call = int
 _NUMBER_BITS = 72
 _NUMBER_MASK = (1 << _NUMBER_BITS) - 1
 _RAND_B_MASK = (1 << 62) - 1
-_numbers: Iterator[int]
-
-
-def _restart_numbers() -> None:
-    global _numbers
-    # A random start, so that the calls of two processes (or runs) never
-    # share a number; a forked child starts anew.
-    _numbers = itertools.count(random.getrandbits(_NUMBER_BITS))
-
-
-_restart_numbers()
-os.register_at_fork(after_in_child=_restart_numbers)
+_next_number = counter(_NUMBER_BITS)
 
 
 def new_call(unix_ns: int) -> Call:
     """A call starting at ``unix_ns``."""
-    return ((unix_ns // 1_000_000) << _NUMBER_BITS) | (next(_numbers) & _NUMBER_MASK)
+    return ((unix_ns // 1_000_000) << _NUMBER_BITS) | _next_number()
 
 
 def call_id_of(call: Call) -> str:
