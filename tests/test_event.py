@@ -177,14 +177,18 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-@given(
-    event_id=_key,
-    request_id=_key,
-    moment=_moments,
-    type_=_key,
-    source=_key,
-    data=st.dictionaries(st.text(max_size=10), _json, max_size=6),
-)
+# The fields of any valid event.
+_EVENT_FIELDS = {
+    "event_id": _key,
+    "request_id": _key,
+    "moment": _moments,
+    "type_": _key,
+    "source": _key,
+    "data": st.dictionaries(st.text(max_size=10), _json, max_size=6),
+}
+
+
+@given(**_EVENT_FIELDS)
 def test_any_valid_event_round_trips(
     event_id: str, request_id: str, moment: datetime, type_: str, source: str, data: dict[str, Any]
 ) -> None:
@@ -204,14 +208,7 @@ def test_any_valid_event_round_trips(
     assert event.moment == moment
 
 
-@given(
-    event_id=_key,
-    request_id=_key,
-    moment=_moments,
-    type_=_key,
-    source=_key,
-    data=st.dictionaries(st.text(max_size=10), _json, max_size=6),
-)
+@given(**_EVENT_FIELDS)
 def test_a_new_event_is_encoded_as_the_event_it_makes(
     event_id: str, request_id: str, moment: datetime, type_: str, source: str, data: dict[str, Any]
 ) -> None:

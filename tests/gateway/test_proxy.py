@@ -4,7 +4,6 @@ events each call leaves in the queue."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 import time
@@ -24,7 +23,7 @@ from eventtrail.gateway.protocol import Exchange
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.spill import SpillFile
 from tests.gateway.conftest import GatewayFactory, queued_events, read_answer
-from tests.gateway.upstreams import resetting_server
+from tests.gateway.upstreams import Scripted, read_request, resetting_server, scripted
 from tests.servers import free_port
 
 
@@ -415,16 +414,6 @@ def test_the_head_of_a_slow_answer_is_not_held_back(make_gateway: GatewayFactory
         listener.close()
 
 
-def _read_request(connection: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        piece = connection.recv(65536)
-        if not piece:
-            return data
-        data += piece
-    return data
-
-
 def test_a_pooled_connection_the_upstream_dropped_is_replaced_and_each_call_recorded_once(
     make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
@@ -433,41 +422,21 @@ def test_a_pooled_connection_the_upstream_dropped_is_replaced_and_each_call_reco
     request again on a new connection (it never reached the service), so
     every client gets its answer and every call has one request and one
     response event."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    stop = threading.Event()
     dropped: list[bytes] = []
 
-    def one_answer_per_connection() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with connection:
-                connection.settimeout(5)
-                with contextlib.suppress(OSError):
-                    _read_request(connection)
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    if second := _read_request(connection):
-                        dropped.append(second)
+    def one_answer_per_connection(connection: socket.socket, state: Scripted) -> None:
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if second := read_request(connection):
+            dropped.append(second)
 
-    thread = threading.Thread(target=one_answer_per_connection, daemon=True)
-    thread.start()
-    try:
+    with scripted(one_answer_per_connection) as upstream:
         gateway = make_gateway(
-            [{"prefix": "/d", "service": "Dropping", "upstream": f"http://127.0.0.1:{port}"}]
+            [{"prefix": "/d", "service": "Dropping", "upstream": f"http://127.0.0.1:{upstream.port}"}]
         )
         with httpx.Client() as client:
             answers = [client.get(f"{gateway.url}/d/{number}") for number in range(4)]
         gateway.stop()
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
     assert [(answer.status_code, answer.text) for answer in answers] == [(200, "ok")] * 4
     # The requests after the first each found the pooled connection dropped.
     assert len(dropped) == 3

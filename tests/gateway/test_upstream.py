@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pytest
@@ -17,71 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventtrail.gateway.upstream import UpstreamClosed, UpstreamPool, UpstreamProtocolError
+from tests.gateway.upstreams import Scripted, read_request, scripted
 
 T = TypeVar("T")
-
-
-@dataclass
-class Scripted:
-    port: int
-    connections: list[int] = field(default_factory=list)
-    requests: list[bytes] = field(default_factory=list)
-
-
-def read_request(sock: socket.socket) -> bytes:
-    """One request head (and a Content-Length body) from ``sock``; b"" at EOF."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b""
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            while len(body) < int(value):
-                body += sock.recv(65536)
-    return head + b"\r\n\r\n" + body
-
-
-@contextmanager
-def scripted(handler: Callable[[socket.socket, Scripted], None]) -> Iterator[Scripted]:
-    """A server that runs ``handler`` on each accepted connection, in a thread."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    listener.settimeout(0.1)
-    state = Scripted(int(listener.getsockname()[1]))
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def serve(connection: socket.socket) -> None:
-        with connection, suppress(OSError):
-            connection.settimeout(5)
-            handler(connection, state)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            state.connections.append(connection.fileno())
-            thread = threading.Thread(target=serve, args=(connection,), daemon=True)
-            threads.append(thread)
-            thread.start()
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
-        yield state
-    finally:
-        stop.set()
-        acceptor.join(5)
-        for thread in threads:
-            thread.join(5)
-        listener.close()
 
 
 def answering(*responses: bytes, then_close: bool = False) -> Callable[[socket.socket, Scripted], None]:

@@ -646,7 +646,7 @@ class _Call:
                 headers=response.raw_headers,
             )
 
-    def _end(self) -> None:
+    def _let_go(self) -> None:
         self.done = True
         self.exchange.listener = None
         if self.response is not None:
@@ -654,36 +654,27 @@ class _Call:
             self.response.release()
             self.response = None
 
-    def _client_gone(self) -> None:
-        if self.done:
-            return
-        self._end()
+    def _end(self, outcome: str, kind: str, detail: str) -> None:
+        """The call ended without a whole answer: counted as ``outcome``,
+        recorded as an error of ``kind``."""
+        self._let_go()
         service = self.route.service
-        self.app.metrics.count(service, "disconnected")
+        self.app.metrics.count(service, outcome)
         recorder = self.app.recorder
         if recorder is not None:
-            recorder.error(
-                self.request_id,
-                self.call,
-                service,
-                kind="error",
-                elapsed_ms=(time.perf_counter() - self.started) * 1000 if self.started else 0.0,
-                detail="client disconnected",
-            )
+            elapsed = (time.perf_counter() - self.started) * 1000 if self.started else 0.0
+            recorder.error(self.request_id, self.call, service, kind=kind, elapsed_ms=elapsed, detail=detail)
+
+    def _client_gone(self) -> None:
+        if not self.done:
+            self._end("disconnected", "error", "client disconnected")
 
     def _failed(self, error: BaseException) -> None:
         if self.done:
             return
-        self._end()
-        elapsed = (time.perf_counter() - self.started) * 1000
         kind = error_kind(error)
+        self._end(kind, kind, _detail(error))
         service = self.route.service
-        self.app.metrics.count(service, kind)
-        recorder = self.app.recorder
-        if recorder is not None:
-            recorder.error(
-                self.request_id, self.call, service, kind=kind, elapsed_ms=elapsed, detail=_detail(error)
-            )
         exchange = self.exchange
         if self.responding:
             # Too late for a 502: the status went out. Cut the connection so
@@ -694,7 +685,7 @@ class _Call:
         _answer(exchange, _ERROR_STATUS.get(kind, 502), answer, self.request_id)
 
     def _crash(self, error: BaseException) -> None:
-        self._end()
+        self._let_go()
         self.exchange.fail(error)
 
 
