@@ -198,7 +198,8 @@ def test_the_example_gateway_reaches_the_demo_services(tmp_path: Path) -> None:
     stored = run(tmp_path, "flow", request_id, "--json")
     assert stored.returncode == 0, stored.stderr
     events = json.loads(stored.stdout)
-    assert [event["type"] for event in events] == ["MICROSERVICE_REQUEST", "MICROSERVICE_RESPONSE"]
+    # What `up` said on the way out (the publisher's and the worker's counts) tells where events went.
+    assert [event["type"] for event in events] == ["MICROSERVICE_REQUEST", "MICROSERVICE_RESPONSE"], up_errors
     assert {event["data"]["Name"] for event in events} == {"Microservice A"}
     assert events[1]["data"]["status"] == 200
 
