@@ -70,6 +70,15 @@ def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None
         time.sleep(0.02)
 
 
+def kill_and_await_its_successor(follower: FollowerProcess, killed: int) -> int:
+    """SIGKILL the follower process and wait until it was started again;
+    return how many times it was killed."""
+    assert follower.pid is not None
+    os.kill(follower.pid, signal.SIGKILL)
+    wait_until(lambda: follower.restarts > killed, 30, "the follower to be started again")
+    return killed + 1
+
+
 def counted(models: ReadModels, service: str) -> dict[str, Any]:
     """What the read models say of ``service``, with each latency sketch as
     its counts per bucket. A call counted under the unknown operation and
@@ -108,13 +117,7 @@ def test_a_follower_process_killed_again_and_again_counts_each_event_once(tmp_pa
                 if start % 1000 == 0:
                     store.append(events[max(0, start - 100) : start + 100])
                 if start % 1500 == 0 and follower.pid is not None:
-                    os.kill(follower.pid, signal.SIGKILL)
-                    killed += 1
-                    wait_until(
-                        lambda: follower.restarts >= killed,  # noqa: B023 - called at once
-                        30,
-                        "the follower to be started again",
-                    )
+                    killed = kill_and_await_its_successor(follower, killed)
         finally:
             assert follower.stop(), "the follower did not stop by itself"
         assert follower.restarts == killed >= 2
@@ -317,13 +320,7 @@ def test_a_follower_killed_while_rebuilding_leaves_them_as_they_were_and_its_suc
             while killed < 3 and not models.is_current():
                 time.sleep(0.15)
                 if follower.pid is not None:
-                    os.kill(follower.pid, signal.SIGKILL)
-                    killed += 1
-                    wait_until(
-                        lambda: follower.restarts >= killed,  # noqa: B023 - called at once
-                        30,
-                        "the follower to be started again",
-                    )
+                    killed = kill_and_await_its_successor(follower, killed)
             wait_until(lambda: models.is_current() and models.lag() == 0, 120, "the rebuild")
         finally:
             assert follower.stop(), "the follower did not stop by itself"
