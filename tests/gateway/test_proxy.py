@@ -18,7 +18,7 @@ import pytest
 
 from eventtrail.calls import ERROR, REQUEST, RESPONSE
 from eventtrail.embedded.queue import SQLiteQueue
-from eventtrail.gateway import GatewayApp, parse_gateway_config
+from eventtrail.gateway import GatewayApp, GatewayServer, build_app, parse_gateway_config
 from eventtrail.gateway.protocol import Exchange
 from eventtrail.gateway.publisher import Publisher
 from eventtrail.gateway.spill import SpillFile
@@ -505,3 +505,17 @@ def test_a_gateway_stopped_with_a_call_in_flight_answers_it_and_records_it(
     request, response = queued_events(tmp_path / "queue.db")
     assert (request.type, response.type, response.data["status"]) == (REQUEST, RESPONSE, 200)
     assert response.data["latencyMs"] >= 1500
+
+
+@pytest.mark.parametrize("options", [{"proxy_headers": True}, {"log_level": "trace"}])
+def test_the_gateway_answers_when_uvicorn_wraps_its_app_in_middleware(
+    upstream_url: str, options: dict[str, Any]
+) -> None:
+    """uvicorn wraps an app in ASGI middleware for some of its settings: the
+    gateway is still called directly, and still proxies."""
+    config = parse_gateway_config(
+        {"routes": [{"prefix": "/echo", "service": "Echo", "upstream": upstream_url}]}
+    )
+    with GatewayServer(build_app(config), **options) as gateway:
+        answer = httpx.get(f"{gateway.url}/echo/wrapped")
+    assert (answer.status_code, answer.json()["path"]) == (200, "/wrapped")

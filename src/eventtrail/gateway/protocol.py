@@ -505,7 +505,11 @@ class HttpProtocol(asyncio.Protocol):
         if not config.loaded:
             config.load()
         self.app: App = config.loaded_app
-        self.handler: Handler | None = self.app if isinstance(self.app, Handler) else None
+        # uvicorn may wrap the app in ASGI middleware (proxy headers, message
+        # logging): a handler is called as it is.
+        self.handler: Handler | None = next(
+            (app for app in (config.app, self.app) if isinstance(app, Handler)), None
+        )
         self.loop = _loop or asyncio.get_event_loop()
         self.state = server_state
         self.app_state = app_state
