@@ -77,101 +77,13 @@ def serve_upstream(port: int) -> None:
 
 
 def serve_minimal_proxy(port: int, upstream_port: int) -> None:
-    """Setup (p): every request of every client goes to the upstream on a
-    pooled connection, its answer back with the request id added; the work
-    is done in the parsers' callbacks, with no task, check or timeout."""
-    import asyncio
-
-    import httptools
+    """Setup (p): the minimal Python proxy of ``minimal_proxy.py``."""
     import uvloop
 
-    idle: list[Upstream] = []
-    request_id = b"x-request-id: 0190a0b0-1234-7abc-8def-0123456789ab\r\n"
-    dropped = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"host", b"x-request-id"})
+    sys.path.insert(0, str(Path(__file__).parent))
+    import minimal_proxy
 
-    class Upstream(asyncio.Protocol):
-        def __init__(self) -> None:
-            self.client: Client | None = None
-            self.parts: list[bytes] = []
-            self.parser = httptools.HttpResponseParser(self)
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self.client is not None:
-                self.client.transport.close()
-
-        def exchange(self, client: Client, head: bytes) -> None:
-            self.client = client
-            self.parts = []
-            self.parser = httptools.HttpResponseParser(self)
-            self.transport.write(head)
-
-        def data_received(self, data: bytes) -> None:
-            self.parser.feed_data(data)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            if name.lower() not in dropped:
-                self.parts += (name, b": ", value, b"\r\n")
-
-        def on_headers_complete(self) -> None:
-            self.parts[:0] = [b"HTTP/1.1 %d \r\n" % self.parser.get_status_code()]
-            self.parts += (request_id, b"\r\n")
-
-        def on_body(self, body: bytes) -> None:
-            self.parts.append(body)
-
-        def on_message_complete(self) -> None:
-            client, self.client = self.client, None
-            idle.append(self)
-            if client is not None and not client.transport.is_closing():
-                client.transport.write(b"".join(self.parts))
-
-    class Client(asyncio.Protocol):
-        def __init__(self) -> None:
-            self.parser = httptools.HttpRequestParser(self)
-            self.parts: list[bytes] = []
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:
-            self.parser.feed_data(data)
-
-        def on_url(self, url: bytes) -> None:
-            path = httptools.parse_url(url).path
-            self.parts = [
-                self.parser.get_method(),
-                b" ",
-                path[2:] if path.startswith(b"/a/") else path,
-                b" HTTP/1.1\r\n",
-            ]
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            if name.lower() not in dropped:
-                self.parts += (name, b": ", value, b"\r\n")
-
-        def on_message_complete(self) -> None:
-            head = b"".join([*self.parts, b"host: upstream\r\n", request_id, b"\r\n"])
-            while idle:
-                upstream = idle.pop()
-                if not upstream.transport.is_closing():
-                    upstream.exchange(self, head)
-                    return
-            asyncio.get_running_loop().create_task(self.connect(head))
-
-        async def connect(self, head: bytes) -> None:
-            _, upstream = await asyncio.get_running_loop().create_connection(
-                Upstream, "127.0.0.1", upstream_port
-            )
-            upstream.exchange(self, head)
-
-    async def serve() -> None:
-        server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port)
-        await server.serve_forever()
-
-    uvloop.run(serve())
+    uvloop.run(minimal_proxy.serve(port, upstream_port))
 
 
 def serve_gateway(port: int, upstream_port: int, record: bool, data_dir: str, workers: int) -> None:
