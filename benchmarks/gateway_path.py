@@ -78,28 +78,17 @@ class ClientTransport:
         return True
 
 
-class UpstreamTransport:
+class UpstreamTransport(ClientTransport):
     """An upstream connection's transport: each request written is answered
     at the next turn of the event loop."""
 
     def __init__(self, protocol: Any) -> None:
+        super().__init__()
         self.protocol = protocol
         self.loop = asyncio.get_running_loop()
 
     def write(self, data: bytes) -> None:
         self.loop.call_soon(self.protocol.data_received, ANSWER)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 async def per_request(clients: list[tuple[Any, ClientTransport]], requests: int) -> float:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import time
 from collections.abc import Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import httptools
@@ -23,6 +25,9 @@ from uvicorn.server import ServerState
 
 from eventtrail.gateway.config import ServerLimits
 from eventtrail.gateway.protocol import http_protocol
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gateway_path import ClientTransport as Transport
 
 REQUEST = b"GET /a/ HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 HEADERS = [
@@ -35,34 +40,6 @@ HEADERS = [
 async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": b'{"ok":true}'})
-
-
-class Transport:
-    """The few transport methods a protocol calls, counting the writes."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return True
 
 
 class BareProtocol(asyncio.Protocol):
