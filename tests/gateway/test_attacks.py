@@ -20,6 +20,7 @@ from yarl import URL
 
 from eventtrail.gateway import GatewayServer, build_app, parse_gateway_config
 from eventtrail.gateway.proxy import GatewayApp, TargetRefused, normalise_path
+from tests.gateway.conftest import read_answer
 from tests.gateway.upstreams import RecordingServer, recording_server
 
 # Route prefix -> the upstream's base path on the routed server.
@@ -339,3 +340,33 @@ def test_upstream_urls_keep_ipv6_idna_hosts_and_encoded_bases(upstream: str, exp
     assert not isinstance(resolved, str)
     compiled, target, _ = resolved
     assert f"{compiled.scheme}://{compiled.authority}{target}" == expected
+
+
+# -- any bytes, through the gateway's own request path ----------------------
+
+_PROXIED = (
+    b"POST /api/v1/x?a=1 HTTP/1.1\r\nHost: gw\r\nX-Request-Id: r1\r\n"
+    b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\nabc"
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.one_of(
+        st.binary(min_size=1, max_size=300),
+        st.tuples(st.integers(0, len(_PROXIED) - 1), st.binary(min_size=1, max_size=8)).map(
+            lambda cut: _PROXIED[: cut[0]] + cut[1] + _PROXIED[cut[0] + len(cut[1]) :]
+        ),
+    )
+)
+def test_any_bytes_sent_to_the_gateway_get_an_answer_never_a_500_and_it_goes_on(
+    stage: Stage, data: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", stage.gateway.port), timeout=5) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_answer(sock, 3)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 ")
+    assert b"HTTP/1.1 500 " not in answer
+    assert status_of(send_raw(stage.gateway.port, b"/api/v1/after")) == 200
+    assert_contained(stage)
