@@ -311,6 +311,21 @@ def test_an_hour_mostly_in_the_window_is_read_as_its_row_less_the_minutes_outsid
     }
 
 
+def test_a_minute_row_without_its_hour_row_asks_for_a_rebuild(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "events.db") as store:
+        store.append(flat([a_call("Orders", T0 + timedelta(minutes=minute)) for minute in range(75)]))
+        # 10:05 to 11:05: the hour of 10:00 is read as its row less 10:00-10:04.
+        since, until = T0 + timedelta(minutes=5), T0 + timedelta(minutes=65)
+        assert totals(read_models_of(store), "Orders", since, until).calls == 60
+        with sqlite3.connect(read_models_path(store.path)) as damage:
+            damage.execute(
+                "DELETE FROM rm_service_rollups WHERE step = '1h' AND bucket = ?",
+                (T0.strftime("%Y-%m-%dT%H:00:00.000000Z"),),
+            )
+        with pytest.raises(ReadModelsOutdated, match="run `eventtrail rebuild`"):
+            read_models_of(store).rollups(since, until)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     start=minutes,
@@ -335,7 +350,7 @@ def test_counts_per_bucket_read_one_services_rows_from_an_index(three_hours: SQL
         read_models_of(three_hours).bucket_counts(T0, T0 + timedelta(hours=3), service="Orders")
     finally:
         three_hours.read_models._db.set_trace_callback(None)
-    [query, *_] = [sql for sql in statements if "GROUP BY bucket" in sql]
+    [query, *_] = [sql for sql in statements if "ORDER BY bucket DESC" in sql]
     plan = three_hours.read_models._db.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
     assert any(
         "COVERING INDEX rm_service_rollups_by_service (service=? AND step=?" in row[-1] for row in plan

@@ -32,8 +32,8 @@ lock; the primitives never take it (they run under it).
 
 from __future__ import annotations
 
+import functools
 import heapq
-import operator
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -185,17 +185,31 @@ def _create_tables(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-def _hour_pieces(first: str, last: str) -> Iterator[tuple[str, str, str]]:
+@functools.lru_cache(maxsize=256)
+def _hour_pieces(first: str, last: str) -> tuple[tuple[str, str, str], ...]:
     """``(hour, first minute, last minute)`` of each hour that the minute
-    buckets ``[first, last]`` touch."""
+    buckets ``[first, last]`` touch. Pure, and asked for on every read of a
+    window's edges: cached."""
+    pieces = []
     moment, end = moment_of(first), moment_of(last)
     while moment <= end:
         hour = moment.replace(minute=0)
         hour_last = hour + timedelta(minutes=59)
-        yield format_moment(hour), format_moment(moment), format_moment(min(hour_last, end))
+        pieces.append((format_moment(hour), format_moment(moment), format_moment(min(hour_last, end))))
         if hour_last >= end:
-            return
+            break
         moment = hour + timedelta(hours=1)
+    return tuple(pieces)
+
+
+def _minute_of(hour: str, minute: int) -> str:
+    """The bucket of the ``minute`` of the hour bucket ``hour``."""
+    return f"{hour[:14]}{minute:02d}:00.000000Z"
+
+
+#: A rollup row as :meth:`SQLiteReadModels._summed` reads it: its piece's tag,
+#: its edge, its counts, then its sketch.
+_RollupRow = tuple[Any, ...]
 
 
 class _Piece(NamedTuple):
@@ -706,92 +720,98 @@ class SQLiteReadModels(ReadModels):
 
     def _cheapest_minutes(self, table: str, first: str, last: str, service: str | None) -> list[_Piece]:
         """Pieces whose sum is the minute rows of ``[first, last]``: per hour,
-        its minutes, or its hour row less the minutes outside the range,
-        whichever reads fewer rows."""
+        its minutes, or its hour row (less the minutes outside the range when
+        some are stored), whichever reads fewer rows."""
         parts: list[_Piece] = []
         for hour, start, end in _hour_pieces(first, last):
-            hour_end = hour[:14] + "59:00.000000Z"
-            if start == hour and end == hour_end:
-                parts.append(_Piece("1h", hour, hour))
-                continue
             if start == end:
                 parts.append(_Piece("1m", start, end))
                 continue
-            sql = (
-                f"SELECT count(*), coalesce(sum(bucket >= ? AND bucket <= ?), 0) FROM {table}"
-                " WHERE step = '1m' AND bucket >= ? AND bucket <= ?"
-            )
-            parameters: list[object] = [start, end, hour, hour_end]
-            if service is not None:
-                sql += " AND service = ?"
-                parameters.append(service)
-            stored, inside = self._db.execute(sql, parameters).fetchone()
-            # The hour rows to read instead, about: edges called every minute
-            # have 60 minute rows each (a wrong guess costs rows, not totals).
-            edges = -(-stored // 60)
-            if stored == inside and inside > 1:
-                # No stored minute of the hour is outside (a window that ends now).
+            start_minute, end_minute = int(start[14:16]), int(end[14:16])
+            outside = [(hour, _minute_of(hour, start_minute - 1))] if start_minute > 0 else []
+            outside += [(_minute_of(hour, end_minute + 1), _minute_of(hour, 59))] if end_minute < 59 else []
+            if not any(self._has_minutes(table, *edges, service) for edges in outside):
+                # The whole hour, or no stored minute of it is outside (a
+                # window that ends now).
                 parts.append(_Piece("1h", hour, hour))
-            elif stored - inside + edges < inside:
-                before = format_moment(moment_of(start) - timedelta(minutes=1))
-                after = format_moment(moment_of(end) + timedelta(minutes=1))
-                outside = [(hour, before)] if start > hour else []
-                outside += [(after, hour_end)] if end < hour_end else []
+            elif 60 - (end_minute - start_minute) < end_minute - start_minute + 1:
+                # Fewer minutes outside than inside: an edge called every
+                # minute has a row in each (a wrong guess costs rows, not totals).
                 parts.append(_Piece("1h", hour, hour, tuple(outside)))
             else:
                 parts.append(_Piece("1m", start, end))
         return parts
 
+    def _has_minutes(self, table: str, first: str, last: str, service: str | None) -> bool:
+        """Whether a minute row with ``first <= bucket <= last`` is stored."""
+        sql = f"SELECT 1 FROM {table} WHERE step = '1m' AND bucket >= ? AND bucket <= ?"
+        parameters: list[object] = [first, last]
+        if service is not None:
+            sql += " AND service = ?"
+            parameters.append(service)
+        return self._db.execute(sql + " LIMIT 1", parameters).fetchone() is not None
+
     def _summed(self, table: str, parts: list[_Piece], service: str | None) -> dict[Edge, Rollup]:
-        counts: dict[Edge, list[int]] = {}
-        sketches: dict[Edge, list[StoredSketch]] = {}
-        for part in parts:
-            found = self._rows(table, part.step, part.first, part.last, service)
-            rows: list[tuple[Edge, list[int], StoredSketch]] = (
-                self._less(table, found, part.outside, service)
-                if part.outside
-                else [(edge, calls, sketch) for _, edge, calls, sketch in found]
-            )
-            for edge, calls, sketch in rows:
-                so_far = counts.get(edge)
-                if so_far is None:
-                    counts[edge] = calls
-                    sketches[edge] = [sketch]
-                else:
-                    counts[edge] = list(map(operator.add, so_far, calls))
-                    sketches[edge].append(sketch)
+        """The rows of ``parts`` summed per edge, read with one statement: a
+        row's first column is its piece's number, doubled, plus one for a
+        minute row to take away from its edge's hour row."""
+        selects: list[str] = []
+        parameters: list[object] = []
+        only = " AND service = ?" if service is not None else ""
+        for number, part in enumerate(parts):
+            ranges = [(2 * number, part.step, part.first, part.last)]
+            ranges += [(2 * number + 1, "1m", first, last) for first, last in part.outside]
+            for tag, step, first, last in ranges:
+                selects.append(
+                    f"SELECT {tag}, caller, service, operation, calls, {_FAILURE_COLUMNS}, sketch"
+                    f" FROM {table} WHERE step = ? AND bucket >= ? AND bucket <= ?{only}"
+                )
+                parameters += [step, first, last] if service is None else [step, first, last, service]
+        if not selects:
+            return {}
+        # Per edge, its rows; and per (piece, edge), an hour row read for
+        # part of its hour and the minute rows to take away from it: a minute
+        # row is taken away from its own hour row's sketch, whose fields hold it.
+        added: dict[Edge, list[_RollupRow]] = {}
+        hour_rows: dict[tuple[int, Edge], _RollupRow] = {}
+        taken_away: dict[tuple[int, Edge], list[_RollupRow]] = {}
+        for row in self._db.execute(" UNION ALL ".join(selects), parameters):
+            tag, edge = row[0], row[1:4]
+            if tag % 2:
+                taken_away.setdefault((tag - 1, edge), []).append(row)
+            elif parts[tag // 2].outside:
+                hour_rows[tag, edge] = row
+            else:
+                added.setdefault(edge, []).append(row)
+        trimmed: dict[Edge, list[tuple[list[int], SketchSum]]] = {}
+        for key, rows in taken_away.items():
+            hour_row = hour_rows.pop(key, None)
+            if hour_row is None:
+                raise ReadModelsOutdated(
+                    "the read models are damaged (a minute row without its hour row):"
+                    " run `eventtrail rebuild`"
+                )
+            total = SketchSum()
+            total.add(hour_row[-1])
+            for row in rows:
+                total.subtract(row[-1])
+            away = map(sum, zip(*(row[4:-1] for row in rows), strict=True))
+            counts = [kept - taken for kept, taken in zip(hour_row[4:-1], away, strict=True)]
+            trimmed.setdefault(key[1], []).append((counts, total))
+        for (_, edge), row in hour_rows.items():
+            added.setdefault(edge, []).append(row)
         totals: dict[Edge, Rollup] = {}
-        for edge, calls in counts.items():
-            rollup = Rollup.stored(calls[0], calls[1:], *sketches[edge])
+        for edge in added.keys() | trimmed.keys():
+            rows = added.get(edge, [])
+            parts_of_edge = trimmed.get(edge, [])
+            columns = [*(row[4:-1] for row in rows), *(counts for counts, _ in parts_of_edge)]
+            calls, *failures = map(sum, zip(*columns, strict=True))
+            sketches: list[StoredSketch] = [row[-1] for row in rows]
+            sketches += [total for _, total in parts_of_edge]
+            rollup = Rollup.stored(calls, failures, *sketches)
             if not rollup.is_empty():
                 totals[edge] = rollup
         return totals
-
-    def _less(
-        self,
-        table: str,
-        hour_rows: list[tuple[str, Edge, list[int], bytes]],
-        outside: Sequence[tuple[str, str]],
-        service: str | None,
-    ) -> list[tuple[Edge, list[int], StoredSketch]]:
-        """Hour rows less the minute rows of the ranges ``outside``, each
-        taken away from its edge's own hour row (whose fields hold it)."""
-        trimmed: dict[Edge, tuple[list[int], SketchSum]] = {}
-        for _, edge, calls, sketch in hour_rows:
-            total = SketchSum()
-            total.add(sketch)
-            trimmed[edge] = (calls, total)
-        for first, last in outside:
-            for _, edge, calls, sketch in self._rows(table, "1m", first, last, service):
-                if edge not in trimmed:
-                    raise ReadModelsOutdated(
-                        "the read models are damaged (a minute row without its hour row):"
-                        " run `eventtrail rebuild`"
-                    )
-                kept, total = trimmed[edge]
-                trimmed[edge] = (list(map(operator.sub, kept, calls)), total)
-                total.subtract(sketch)
-        return [(edge, calls, total) for edge, (calls, total) in trimmed.items()]
 
     def _rows(
         self, table: str, step: str, first: str, last: str, service: str | None
@@ -844,17 +864,23 @@ class SQLiteReadModels(ReadModels):
             failed = " + ".join(_FAILURE_COLUMNS.split(", "))
             try:
                 # The ranges follow each other in time: newest first, read
-                # newest first.
+                # newest first. The rows of a bucket's callers come together
+                # from the index, and are summed here (cheaper than GROUP BY).
                 for bucket_step, first, last in reversed(ranges):
-                    counts += [
-                        BucketCount(bucket_step, bucket, calls, errors)
-                        for bucket, calls, errors in self._db.execute(
-                            f"SELECT bucket, sum(calls), sum({failed}) FROM rm_service_rollups"
-                            " WHERE step = ? AND bucket >= ? AND bucket <= ? AND service = ?"
-                            " GROUP BY bucket ORDER BY bucket DESC",
-                            (bucket_step, first, last, service),
-                        )
-                    ]
+                    rows = self._db.execute(
+                        f"SELECT bucket, calls, {failed} FROM rm_service_rollups"
+                        " WHERE step = ? AND bucket >= ? AND bucket <= ? AND service = ?"
+                        " ORDER BY bucket DESC",
+                        (bucket_step, first, last, service),
+                    )
+                    for bucket, calls, errors in rows:
+                        if counts and counts[-1].bucket == bucket and counts[-1].step == bucket_step:
+                            previous = counts[-1]
+                            counts[-1] = previous._replace(
+                                calls=previous.calls + calls, errors=previous.errors + errors
+                            )
+                        else:
+                            counts.append(BucketCount(bucket_step, bucket, calls, errors))
             except sqlite3.OperationalError:
                 if self._holds_events() or self._has_tables():
                     raise
