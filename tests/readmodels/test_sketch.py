@@ -201,6 +201,12 @@ def test_a_sum_refuses_what_is_not_a_stored_sketch() -> None:
             SketchSum().add(raw)
         with pytest.raises(ValueError, match="not a latency sketch"):
             LatencySketch.from_bytes(raw)
+    # A run whose total is out of range, refused every time it is read.
+    for total in (0, 2**32):
+        raw = msgspec.msgpack.encode(([], None, None, 0, total, b"\x01\x00\x00\x00"))
+        for _ in range(2):
+            with pytest.raises(ValueError, match="a run's total is out of range"):
+                SketchSum().add(raw)
 
 
 @given(latencies)

@@ -28,6 +28,7 @@ pairs.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from array import array
@@ -275,9 +276,9 @@ class SketchSum:
 
     def add(self, raw: bytes) -> None:
         """Add the sketch ``raw``; a :class:`ValueError` if it is not one."""
-        pairs, low, high, first, total, run = _decode(raw)
+        pairs, low, high, first, total, run = _decode_run(raw)
         if run:
-            self._add_run(first, total, run)
+            self._add_run_value(first, total, run)
         if pairs:
             counts = self.counts
             get = counts.get
@@ -318,11 +319,6 @@ class SketchSum:
                     counts[key] = counts.get(key, 0) - count
         for key, count in pairs:
             counts[key] = counts.get(key, 0) - count
-
-    def _add_run(self, first: int, total: int, run: bytes) -> None:
-        if not 0 < total <= _FIELD_MAX:
-            raise ValueError("not a latency sketch: a run's total is out of range")
-        self._add_run_value(first, total, int.from_bytes(run, "little"))
 
     def _add_run_value(self, first: int, total: int, value: int) -> None:
         if self._run_total + total > _FIELD_MAX:
@@ -476,6 +472,17 @@ def _decode(raw: bytes) -> _Stored:
     except msgspec.DecodeError as error:
         raise ValueError(f"not a latency sketch: {error}") from None
     return pairs, low, high, 0, 0, b""
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_run(raw: bytes) -> tuple[list[tuple[int, int]], float | None, float | None, int, int, int]:
+    """:func:`_decode` with the run read as one integer, checked. A reader
+    adds the same stored rows again and again (the closed buckets of a
+    window polled every few seconds): cached on the bytes themselves."""
+    pairs, low, high, first, total, run = _decode(raw)
+    if run and not 0 < total <= _FIELD_MAX:
+        raise ValueError("not a latency sketch: a run's total is out of range")
+    return pairs, low, high, first, total, int.from_bytes(run, "little")
 
 
 def _read(raw: bytes) -> tuple[dict[int, int], float | None, float | None]:
