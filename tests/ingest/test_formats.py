@@ -87,6 +87,40 @@ def test_nginx_failures_are_errors_of_their_kind(fields: dict[str, Any], kind: s
     assert outcome.type == ERROR and outcome.data["error"] == kind
 
 
+def test_a_client_that_left_first_is_said_so_not_an_upstream_without_status() -> None:
+    # As Debian's nginx 1.22 logs a client that gave up on a slow upstream.
+    line = nginx_line(
+        status="499",
+        request_time="0.404",
+        upstream_status="-",
+        upstream_response_time="0.403",
+        upstream_connect_time="0.000",
+        upstream_header_time="-",
+        upstream_bytes_received="0",
+    )
+    _, outcome = events_of(line)
+    assert outcome.type == ERROR and outcome.data["error"] == "error"
+    assert outcome.data["detail"] == (
+        "nginx: the client closed the connection before 127.0.0.1:9001 answered (499)"
+    )
+    assert outcome.data["elapsedMs"] == 403.0
+    # Only the upstream nginx was waiting for: an earlier one's failure is its own.
+    two = nginx_line(
+        status="499",
+        upstream_addr="127.0.0.1:9099, 127.0.0.1:9001",
+        upstream_status="502, -",
+        upstream_response_time="0.000, 0.2",
+        upstream_connect_time="-, 0.000",
+        upstream_header_time="-, -",
+        upstream_bytes_received="0, 0",
+    )
+    first, last = [event for event in events_of(two) if event.type == ERROR]
+    assert first.data["error"] == "refused" and last.data["detail"].endswith("9001 answered (499)")
+    # Without 499, an upstream without status stays one.
+    _, other = events_of(nginx_line(upstream_status="-"))
+    assert other.data["detail"] == "nginx: no status from 127.0.0.1:9001"
+
+
 def test_an_upstream_s_own_502_and_504_are_responses() -> None:
     for status in ("502", "504", "503", "500"):
         _, outcome = events_of(nginx_line(upstream_status=status))
@@ -207,6 +241,13 @@ def test_haproxy_answered_call() -> None:
 def test_haproxy_failures_come_from_the_termination_state(fields: dict[str, Any], kind: str) -> None:
     _, outcome = events_of(haproxy_line(**fields), HAPROXY)
     assert outcome.type == ERROR and outcome.data["error"] == kind
+
+
+def test_haproxy_says_when_the_client_left_first() -> None:
+    _, left = events_of(haproxy_line(termination_state="CH--", Tr=-1, status=-1), HAPROXY)
+    assert left.data["detail"] == "haproxy: the client closed the connection before svc/a answered (CH--)"
+    _, other = events_of(haproxy_line(termination_state="PH--", Tr=-1, status=-1), HAPROXY)
+    assert other.data["detail"] == "haproxy: no response from svc/a (PH--)"
 
 
 def test_haproxy_syslog_header_and_answers_of_its_own() -> None:

@@ -261,6 +261,31 @@ def test_nginx_log_ingested_once_twice_and_followed(tmp_path: Path) -> None:
     check_flows(data_dir, traffic)
 
 
+def test_a_client_that_gave_up_on_nginx_is_recorded_as_such(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with upstream() as upstream_port, nginx(tmp_path, upstream_port) as (port, log, _):
+        # The client leaves before the upstream answers, and before nginx's own timeout.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(f"http://127.0.0.1:{port}/a/slow", timeout=0.1)
+        wait_until(lambda: log.exists() and b'"status":"499"' in log.read_bytes())
+        ingested = run(data_dir, "ingest", "nginx", str(log))
+        assert ingested.returncode == 0, ingested.stderr
+        assert "1 proxied request, 2 events queued" in ingested.stderr
+    drain(data_dir)
+    [calls] = stored_calls(data_dir, lambda event: event.data.get("detail")).values()
+    assert sorted(calls, key=str) == sorted(
+        [
+            (REQUEST, None),
+            (
+                ERROR,
+                f"nginx: the client closed the connection before 127.0.0.1:{upstream_port} answered (499)",
+            ),
+        ],
+        key=str,
+    )
+
+
 @contextmanager
 def haproxy(folder: Path, upstream_port: int, log_target: str) -> Iterator[int]:
     port, dead = free_port(), free_port()

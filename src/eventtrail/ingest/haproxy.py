@@ -92,6 +92,11 @@ class HAProxyFormat:
             outcome = {"error": "refused", "detail": f"haproxy: {where} refused the connection{after}"}
         elif cause == "S":
             outcome = {"error": "reset", "detail": f"haproxy: {where} closed the connection ({state})"}
+        elif response < 0 and cause == "C":
+            outcome = {
+                "error": "error",
+                "detail": f"haproxy: the client closed the connection before {where} answered ({state})",
+            }
         elif response < 0:
             outcome = {"error": "error", "detail": f"haproxy: no response from {where} ({state})"}
         else:

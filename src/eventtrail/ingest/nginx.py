@@ -12,7 +12,8 @@ the ``log_format``):
   redirects); a line without ``upstream_addr`` proxied nothing;
 - optional: ``upstream_connect_time`` and ``upstream_header_time`` (tell a
   refused connection from a reset one and a 504 timeout from an upstream's
-  own 504), ``upstream_bytes_received``, ``request_length``, and ``service``
+  own 504), ``status`` (499: the client left before the upstream answered),
+  ``upstream_bytes_received``, ``request_length``, and ``service``
   (``set $service "Microservice A";`` per ``location``; else the upstream's
   address names the service).
 """
@@ -108,16 +109,26 @@ class NginxFormat:
         path = field_text(record, "uri", required=False) or field_text(record, "request_uri")
         assert path is not None
 
+        # 499: the client left first. nginx then closed the connection to the
+        # upstream it was waiting for (the last one), which never answered.
+        client_left = record.get("status") in ("499", 499)
         started = ended_ms - took_ms
         attempts: list[Attempt] = []
         for index, upstream in enumerate(upstreams):
             duration = _seconds_as_ms(times[index], "upstream_response_time")
-            outcome = self._outcome(
-                statuses[index],
-                connects[index] if connects else None,
-                headers[index] if headers else None,
-                upstream,
-            )
+            outcome: dict[str, Any]
+            if client_left and index == count - 1 and statuses[index] == "-":
+                outcome = {
+                    "error": "error",
+                    "detail": f"nginx: the client closed the connection before {upstream} answered (499)",
+                }
+            else:
+                outcome = self._outcome(
+                    statuses[index],
+                    connects[index] if connects else None,
+                    headers[index] if headers else None,
+                    upstream,
+                )
             out = received[index] if received else "-"
             attempts.append(
                 Attempt(
