@@ -56,6 +56,8 @@ _encode = msgspec.msgpack.Encoder().encode
 #: then the run: its first bucket, the sum of its counts and its fields.
 _Stored = tuple[list[tuple[int, int]], float | None, float | None, int, int, bytes]
 _decode_stored = msgspec.msgpack.Decoder(_Stored).decode
+#: A stored form read for summing: its run as one integer (0: no run).
+_Decoded = tuple[list[tuple[int, int]], float | None, float | None, int, int, int]
 #: The form written before runs existed: pairs and bounds only (still read).
 _decode_pairs = msgspec.msgpack.Decoder(tuple[list[tuple[int, int]], float | None, float | None]).decode
 #: msgpack's marker of a 6-element array: the first byte of every stored form.
@@ -250,9 +252,10 @@ class LatencySketch:
         """``stored`` with ``delta`` merged in, both in the :meth:`to_bytes`
         form, without building sketches (what a database's merge function
         runs on every upsert)."""
+        # Each form is merged once (an upsert writes a new one): not cached.
         total = SketchSum()
-        total.add(stored)
-        total.add(delta)
+        total.add_decoded(_decode_run(stored))
+        total.add_decoded(_decode_run(delta))
         return total.to_bytes()
 
 
@@ -276,7 +279,11 @@ class SketchSum:
 
     def add(self, raw: bytes) -> None:
         """Add the sketch ``raw``; a :class:`ValueError` if it is not one."""
-        pairs, low, high, first, total, run = _decode_run(raw)
+        self.add_decoded(_decode_run_cached(raw))
+
+    def add_decoded(self, decoded: _Decoded) -> None:
+        """Add a stored sketch read by :func:`_decode_run`."""
+        pairs, low, high, first, total, run = decoded
         if run:
             self._add_run_value(first, total, run)
         if pairs:
@@ -474,15 +481,17 @@ def _decode(raw: bytes) -> _Stored:
     return pairs, low, high, 0, 0, b""
 
 
-@functools.lru_cache(maxsize=4096)
-def _decode_run(raw: bytes) -> tuple[list[tuple[int, int]], float | None, float | None, int, int, int]:
-    """:func:`_decode` with the run read as one integer, checked. A reader
-    adds the same stored rows again and again (the closed buckets of a
-    window polled every few seconds): cached on the bytes themselves."""
+def _decode_run(raw: bytes) -> _Decoded:
+    """:func:`_decode` with the run read as one integer, checked."""
     pairs, low, high, first, total, run = _decode(raw)
     if run and not 0 < total <= _FIELD_MAX:
         raise ValueError("not a latency sketch: a run's total is out of range")
     return pairs, low, high, first, total, int.from_bytes(run, "little")
+
+
+#: A reader adds the same stored rows again and again (the closed buckets of
+#: a window polled every few seconds): cached on the bytes themselves.
+_decode_run_cached = functools.lru_cache(maxsize=4096)(_decode_run)
 
 
 def _read(raw: bytes) -> tuple[dict[int, int], float | None, float | None]:
