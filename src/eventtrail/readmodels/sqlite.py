@@ -693,10 +693,10 @@ class SQLiteReadModels(ReadModels):
     ) -> dict[Edge, Rollup]:
         """As the port's, reading fewer rows: a partial hour at an edge of the
         window is read as its hour row when no stored minute row of that hour
-        lies outside the window (a window that ends now), or as its hour row
-        less the minutes outside when those are fewer than the minutes inside
-        (one indexed count decides); rows are summed without building a
-        sketch per row. An hour row is the sum of its minute rows, so the
+        lies outside the window (a window that ends now: one probe decides),
+        or as its hour row less the minutes outside when those span fewer
+        minutes than the window's part; every row comes from one statement,
+        and rows are summed without building a sketch per row. An hour row is the sum of its minute rows, so the
         totals are the same; the latency bounds of an hour read less some of
         its minutes are the hour's (wider than the window's: still bounds)."""
         with self._guard("cannot read the read models"), self._lock:
