@@ -696,9 +696,10 @@ class SQLiteReadModels(ReadModels):
         lies outside the window (a window that ends now: one probe decides),
         or as its hour row less the minutes outside when those span fewer
         minutes than the window's part; every row comes from one statement,
-        and rows are summed without building a sketch per row. An hour row is the sum of its minute rows, so the
-        totals are the same; the latency bounds of an hour read less some of
-        its minutes are the hour's (wider than the window's: still bounds)."""
+        and rows are summed without building a sketch per row. An hour row is
+        the sum of its minute rows, so the totals are the same; the latency
+        bounds of an hour read less some of its minutes are the hour's (wider
+        than the window's: still bounds)."""
         with self._guard("cannot read the read models"), self._lock:
             self.check()
             table = "rm_operation_rollups" if operations else "rm_service_rollups"
