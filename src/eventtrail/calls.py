@@ -17,6 +17,7 @@ from eventtrail.ids import uuid7_str
 from eventtrail.times import format_unix_ns
 
 __all__ = [
+    "DISCONNECTED",
     "ERROR",
     "GATEWAY",
     "REQUEST",
@@ -35,8 +36,12 @@ RESPONSE = "MICROSERVICE_RESPONSE"
 ERROR = "MICROSERVICE_ERROR"
 GATEWAY = "Gateway"
 
-#: The kinds of ``MICROSERVICE_ERROR``.
+#: The kinds of ``MICROSERVICE_ERROR`` that are the service's failures.
 ERROR_KINDS = ("timeout", "refused", "reset", "error")
+#: The kind of ``MICROSERVICE_ERROR`` of a call whose client left before it
+#: was answered (nginx logs 499): recorded and timed, but not a failure of the
+#: service (a 4xx of the client's, as nginx's exporters count it).
+DISCONNECTED = "disconnected"
 
 
 def _now() -> str:
@@ -114,7 +119,8 @@ def call_error(
     event_id: str | None = None,
     **extra: Any,
 ) -> Event:
-    """The call failed without a response: ``error`` is one of ERROR_KINDS."""
+    """The call ended without a response: ``error`` is one of ERROR_KINDS,
+    or DISCONNECTED when its client left first."""
     data = error_data(service, call_id, error, elapsed_ms, detail, extra)
     return _event(ERROR, request_id, data, source, timestamp, event_id)
 

@@ -206,6 +206,24 @@ class ReadModelsContract:
         assert rollup.sketch.quantile(0.5) == pytest.approx(exact_p50, rel=RELATIVE_ACCURACY)
         assert rollup.sketch.quantile(1.0) == pytest.approx(1000, rel=RELATIVE_ACCURACY)
 
+    def test_a_call_its_client_gave_up_on_is_counted_and_is_no_failure(self, store: Store) -> None:
+        service = unique_service()
+        request_id = uuid7_str()
+        calls = [a_call(service, T0, error="disconnected", latency_ms=5000, request_id=request_id)]
+        calls += [a_call(service, T0 + timedelta(seconds=1), latency_ms=10)]
+        assert all(result.ok for result in store.append(flat(calls)))
+        models = self.models(store)
+        rollup = totals(models, service, T0, T0 + timedelta(minutes=1))
+        assert (rollup.calls, rollup.errors) == (2, 0)
+        # Its time until the client left is its latency: a slow service still shows.
+        assert rollup.sketch.quantile(1.0) == pytest.approx(5000, rel=RELATIVE_ACCURACY)
+        [summary] = [
+            found
+            for found in models.requests(RequestQuery(service=service)).requests
+            if found.request_id == request_id
+        ]
+        assert (summary.status, summary.errors) == ("ok", 0)
+
     def test_a_redelivered_or_resent_event_never_counts_twice(self, store: Store) -> None:
         service = unique_service()
         calls = [a_call(service, T0 + timedelta(seconds=i), status=500 if i % 3 else 200) for i in range(30)]

@@ -485,7 +485,7 @@ def test_a_client_gone_before_its_body_came_is_recorded_as_disconnected(
     assert (request.type, error.type, error.data["error"], error.data["detail"]) == (
         REQUEST,
         ERROR,
-        "error",
+        "disconnected",
         "client disconnected",
     )
 

@@ -99,7 +99,7 @@ def test_a_client_that_left_first_is_said_so_not_an_upstream_without_status() ->
         upstream_bytes_received="0",
     )
     _, outcome = events_of(line)
-    assert outcome.type == ERROR and outcome.data["error"] == "error"
+    assert outcome.type == ERROR and outcome.data["error"] == "disconnected"
     assert outcome.data["detail"] == (
         "nginx: the client closed the connection before 127.0.0.1:9001 answered (499)"
     )
@@ -235,7 +235,7 @@ def test_haproxy_answered_call() -> None:
         ({"termination_state": "sC--", "Tr": -1, "Tc": -1, "status": 503}, "timeout"),
         ({"termination_state": "SC--", "Tr": -1, "Tc": -1, "status": 503, "retries": 3}, "refused"),
         ({"termination_state": "SH--", "Tr": -1, "status": 502}, "reset"),
-        ({"termination_state": "CH--", "Tr": -1, "status": -1}, "error"),
+        ({"termination_state": "CH--", "Tr": -1, "status": -1}, "disconnected"),
     ],
 )
 def test_haproxy_failures_come_from_the_termination_state(fields: dict[str, Any], kind: str) -> None:
@@ -245,6 +245,7 @@ def test_haproxy_failures_come_from_the_termination_state(fields: dict[str, Any]
 
 def test_haproxy_says_when_the_client_left_first() -> None:
     _, left = events_of(haproxy_line(termination_state="CH--", Tr=-1, status=-1), HAPROXY)
+    assert left.data["error"] == "disconnected"
     assert left.data["detail"] == "haproxy: the client closed the connection before svc/a answered (CH--)"
     _, other = events_of(haproxy_line(termination_state="PH--", Tr=-1, status=-1), HAPROXY)
     assert other.data["detail"] == "haproxy: no response from svc/a (PH--)"

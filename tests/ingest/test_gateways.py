@@ -5,6 +5,7 @@ once, twice, and followed across rotation and restarts, with exact counts."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import shutil
@@ -273,17 +274,18 @@ def test_a_client_that_gave_up_on_nginx_is_recorded_as_such(tmp_path: Path) -> N
         assert ingested.returncode == 0, ingested.stderr
         assert "1 proxied request, 2 events queued" in ingested.stderr
     drain(data_dir)
-    [calls] = stored_calls(data_dir, lambda event: event.data.get("detail")).values()
+    [calls] = stored_calls(
+        data_dir, lambda event: (event.data.get("error"), event.data.get("detail"))
+    ).values()
+    left = f"nginx: the client closed the connection before 127.0.0.1:{upstream_port} answered (499)"
     assert sorted(calls, key=str) == sorted(
-        [
-            (REQUEST, None),
-            (
-                ERROR,
-                f"nginx: the client closed the connection before 127.0.0.1:{upstream_port} answered (499)",
-            ),
-        ],
-        key=str,
+        [(REQUEST, (None, None)), (ERROR, ("disconnected", left))], key=str
     )
+    # A call its client gave up on is counted, and is no failure of the service's.
+    health = run(data_dir, "health", "--json", "--min-calls", "1")
+    assert health.returncode == 0, health.stderr
+    [service] = json.loads(health.stdout)["services"]
+    assert (service["service"], service["calls"], service["errors"]) == ("Microservice A", 1, 0)
 
 
 @contextmanager

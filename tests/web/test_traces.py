@@ -59,6 +59,20 @@ def test_a_pending_call_makes_a_pending_request(store: SQLiteStore) -> None:
     assert view is not None and view.summary.status == "pending"
 
 
+def test_a_call_its_client_gave_up_on_is_abandoned_not_failed(store: SQLiteStore) -> None:
+    store.append(
+        [
+            call_request("r3", "c1", "A", "GET", "/slow", timestamp=at(0)),
+            call_error("r3", "c1", "A", error="disconnected", elapsed_ms=400, timestamp=at(400)),
+        ]
+    )
+    view = flow_view(store, "r3")
+    assert view is not None
+    [call] = view.calls
+    assert (call.error, call.outcome, call.duration_ms) == ("disconnected", "abandoned", 400.0)
+    assert (view.summary.status, view.summary.errors) == ("ok", 0)
+
+
 def test_the_request_search_finds_every_match_a_page_at_a_time(store: SQLiteStore) -> None:
     flows = list(demo_flows(120, start=T0, seed=5, spacing_ms=100))
     for flow in flows:

@@ -9,14 +9,18 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from eventtrail.calls import call_error, call_request, call_response
 from eventtrail.demo import SERVICE_A, SERVICE_B, demo_flows
-from eventtrail.web import BackgroundServer
+from eventtrail.embedded.queue import SQLiteQueue
+from eventtrail.embedded.store import SQLiteStore
+from eventtrail.times import format_moment
+from eventtrail.web import BackgroundServer, build_app
 from tests.web.conftest import TOKEN, Backend
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -95,6 +99,49 @@ def test_requests_list_then_a_waterfall(page: Page, server: BackgroundServer, ba
     expect(detail).to_contain_text(request_id)
     expect(detail).to_contain_text(SERVICE_B)
     screenshot(page, "waterfall")
+
+
+def test_a_call_its_client_gave_up_on_is_shown_apart_from_failures(page: Page, tmp_path: Path) -> None:
+    request_id = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f0"
+    now = datetime.now(UTC)
+
+    def moment(ms: int) -> str:
+        return format_moment(now + timedelta(milliseconds=ms))
+
+    with SQLiteStore(tmp_path / "events.db") as store, SQLiteQueue(tmp_path / "queue.db") as queue:
+        store.append(
+            [
+                call_request(request_id, "c1", SERVICE_A, "GET", "/ok", timestamp=moment(0)),
+                call_response(
+                    request_id,
+                    "c1",
+                    SERVICE_A,
+                    status=200,
+                    latency_ms=20,
+                    bytes_in=0,
+                    bytes_out=2,
+                    timestamp=moment(20),
+                ),
+                call_request(request_id, "c2", SERVICE_B, "GET", "/slow", timestamp=moment(30)),
+                call_error(
+                    request_id, "c2", SERVICE_B, error="disconnected", elapsed_ms=400, timestamp=moment(430)
+                ),
+            ]
+        )
+        with BackgroundServer(build_app(store, queue)) as running:
+            page.goto(f"{running.url}#/requests/{request_id}")
+            abandoned = page.locator('[data-testid=waterfall-bar][data-outcome="abandoned"]')
+            expect(abandoned).to_have_count(1)
+            expect(abandoned).to_have_attribute("data-service", SERVICE_B)
+            answered = page.locator('[data-testid=waterfall-bar][data-outcome="ok"]')
+            colours = {
+                bar.evaluate("bar => getComputedStyle(bar).backgroundColor") for bar in (abandoned, answered)
+            }
+            assert len(colours) == 2 and "rgb(198, 50, 42)" not in colours  # not the failures' red
+            expect(page.get_by_test_id("flow-summary")).to_contain_text("· ok")
+            expect(page.locator("[data-testid=flow-event] .badge.abandoned")).to_have_count(1)
+            expect(page.locator("[data-testid=flow-event] .badge.failed")).to_have_count(0)
+            screenshot(page, "abandoned")
 
 
 def test_health_page_marks_service_b_faulty(page: Page, server: BackgroundServer) -> None:

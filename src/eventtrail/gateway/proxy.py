@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 import msgspec
 
+from eventtrail.calls import DISCONNECTED
 from eventtrail.gateway.config import GatewayConfig, Route
 from eventtrail.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from eventtrail.gateway.protocol import Exchange, Handler, Receive, Scope, Send
@@ -667,7 +668,7 @@ class _Call:
 
     def _client_gone(self) -> None:
         if not self.done:
-            self._end("disconnected", "error", "client disconnected")
+            self._end("disconnected", DISCONNECTED, "client disconnected")
 
     def _failed(self, error: BaseException) -> None:
         if self.done:

@@ -54,7 +54,7 @@ class BadLine(ValueError):
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One try of one upstream: a response (``status``) or an error (``error``:
-    timeout, refused, reset or error)."""
+    timeout, refused, reset or error; disconnected when the client left first)."""
 
     service: str
     started_ms: float

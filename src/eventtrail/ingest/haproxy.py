@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from eventtrail.calls import DISCONNECTED
 from eventtrail.ingest.accesslog import (
     Attempt,
     BadLine,
@@ -94,7 +95,7 @@ class HAProxyFormat:
             outcome = {"error": "reset", "detail": f"haproxy: {where} closed the connection ({state})"}
         elif response < 0 and cause == "C":
             outcome = {
-                "error": "error",
+                "error": DISCONNECTED,
                 "detail": f"haproxy: the client closed the connection before {where} answered ({state})",
             }
         elif response < 0:

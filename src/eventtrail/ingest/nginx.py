@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from eventtrail.calls import DISCONNECTED
 from eventtrail.ingest.accesslog import (
     Attempt,
     BadLine,
@@ -119,7 +120,7 @@ class NginxFormat:
             outcome: dict[str, Any]
             if client_left and index == count - 1 and statuses[index] == "-":
                 outcome = {
-                    "error": "error",
+                    "error": DISCONNECTED,
                     "detail": f"nginx: the client closed the connection before {upstream} answered (499)",
                 }
             else:

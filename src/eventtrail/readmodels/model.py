@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from eventtrail.calls import ERROR_KINDS
+from eventtrail.calls import DISCONNECTED, ERROR_KINDS
 from eventtrail.readmodels.sketch import LatencySketch, SketchSum
 from eventtrail.times import format_moment, moment_of
 
@@ -161,8 +161,12 @@ def _operation(method: str, path: str) -> str:
 
 
 def failure_kind(event_type_is_error: bool, status: object, error: object) -> str | None:
-    """The failure kind of a call's outcome (``None``: it succeeded)."""
+    """The failure kind of a call's outcome (``None``: it did not fail; a
+    call whose client left before it was answered is no failure of the
+    service's, and its time until then still counts as its latency)."""
     if event_type_is_error:
+        if error == DISCONNECTED:
+            return None
         return error if isinstance(error, str) and error in ERROR_KINDS else "error"
     if status.__class__ is int and status >= 500:
         return "5xx"

@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from eventtrail.calls import ERROR, REQUEST, RESPONSE, service_of
+from eventtrail.calls import DISCONNECTED, ERROR, REQUEST, RESPONSE, service_of
 from eventtrail.event import Event
 from eventtrail.readmodels import RequestPage, RequestQuery, RequestSummary, read_models_of
 from eventtrail.readmodels.model import RequestStatus, milliseconds_between
@@ -32,7 +32,8 @@ __all__ = [
     "summarise",
 ]
 
-CallOutcome = Literal["ok", "failed", "pending"]
+#: ``abandoned``: its client left before it was answered (no failure of the service).
+CallOutcome = Literal["ok", "failed", "abandoned", "pending"]
 
 
 class CallView(msgspec.Struct, kw_only=True, rename="camel"):
@@ -102,7 +103,7 @@ def _calls(events: list[Event]) -> list[CallView]:
         else:
             kind = event.data.get("error")
             call.error = kind if isinstance(kind, str) else "error"
-            call.outcome = "failed"
+            call.outcome = "abandoned" if call.error == DISCONNECTED else "failed"
     return list(calls.values())
 
 

@@ -193,7 +193,10 @@ async function showFlow(requestId) {
   const start = Date.parse(summary.startedAt);
   const eventRows = flow.events.map((event) => {
     const data = event.data || {};
-    const failed = event.type === "MICROSERVICE_ERROR" || (typeof data.status === "number" && data.status >= 500);
+    // A call its client gave up on ("disconnected") is no failure of the service's.
+    const abandoned = event.type === "MICROSERVICE_ERROR" && data.error === "disconnected";
+    const failed =
+      (event.type === "MICROSERVICE_ERROR" && !abandoned) || (typeof data.status === "number" && data.status >= 500);
     const details = Object.entries(data)
       .filter(([key]) => key !== "Name" && key !== "callId")
       .map(([key, value]) => `${key}=${typeof value === "object" ? JSON.stringify(value) : value}`)
@@ -202,7 +205,7 @@ async function showFlow(requestId) {
       "tr",
       { class: "clickable", "data-testid": "flow-event", onclick: () => showDetail(event.type, event) },
       el("td", { class: "mono", text: (Date.parse(event.timestamp) - start).toFixed(0) }),
-      el("td", {}, el("span", { class: `badge ${failed ? "failed" : "ok"}`, text: event.type })),
+      el("td", {}, el("span", { class: `badge ${failed ? "failed" : abandoned ? "abandoned" : "ok"}`, text: event.type })),
       el("td", { text: data.Name || event.source }),
       el("td", { class: "mono wrap", text: details }),
     );
