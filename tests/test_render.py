@@ -167,6 +167,19 @@ def test_the_waterfall_keeps_services_apart_at_any_width(width: int) -> None:
     assert no_line_wider_than(printed, width)
 
 
+def test_a_call_its_client_gave_up_on_is_not_shown_as_a_failure() -> None:
+    gave_up = call_error(
+        REQUEST_ID, "c9", "Microservice D", error="disconnected", elapsed_ms=400, timestamp=format_moment(T0)
+    )
+    console = Console(file=io.StringIO(), width=160, force_terminal=True, color_system="standard")
+    console.print(flow_view(REQUEST_ID, [*article_flow(), gave_up], 160))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    [left] = [line for line in lines if "disconnected" in line]
+    [failed] = [line for line in lines if "timeout" in line]
+    red, yellow = "\x1b[1;31m", "\x1b[33m"
+    assert red in failed and yellow in left and red not in left
+
+
 def test_the_timeline_is_the_first_thing_dropped() -> None:
     long_names = [
         call_request(

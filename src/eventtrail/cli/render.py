@@ -26,7 +26,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from eventtrail.calls import ERROR, REQUEST, RESPONSE, service_of
+from eventtrail.calls import DISCONNECTED, ERROR, REQUEST, RESPONSE, service_of
 from eventtrail.event import Event
 from eventtrail.queue import DeadLetter
 
@@ -314,11 +314,12 @@ def _what(event: Event) -> tuple[Text, Text, Text]:
         details = Text.assemble(f"{took}, ", shown(data.get("bytesOut", "?"), max_chars=_WORD_CHARS), " B")
         what = shown(f"← {json_text(status)}", "bold red" if failed else "green", max_chars=_WORD_CHARS)
         return shown(service), what, details
+    error = data.get("error", "error")
+    # A call its client gave up on is no failure of the service's: not in red.
+    style = "yellow" if error == DISCONNECTED else "bold red"
     return (
         shown(service),
-        Text.assemble(
-            ("✗ ", "bold red"), shown(data.get("error", "error"), "bold red", max_chars=_WORD_CHARS)
-        ),
+        Text.assemble(("✗ ", style), shown(error, style, max_chars=_WORD_CHARS)),
         Text.assemble("after ", shown(data.get("elapsedMs", "?"), max_chars=_WORD_CHARS), " ms"),
     )
 
