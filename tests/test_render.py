@@ -178,6 +178,11 @@ def test_a_call_its_client_gave_up_on_is_not_shown_as_a_failure() -> None:
     [failed] = [line for line in lines if "timeout" in line]
     red, yellow = "\x1b[1;31m", "\x1b[33m"
     assert red in failed and yellow in left and red not in left
+    console = Console(file=io.StringIO(), width=200, force_terminal=True, color_system="standard")
+    console.print(events_view([article_flow()[3], gave_up], 200))
+    failed, left = console.file.getvalue().splitlines()[-2:]  # type: ignore[attr-defined]
+    assert "timeout" in failed and "disconnected" in left
+    assert red in failed and yellow in left and red not in left
 
 
 def test_the_timeline_is_the_first_thing_dropped() -> None:

@@ -289,6 +289,8 @@ def _type_text(event: Event) -> Text:
     status = event.data.get("status")
     if event.type == RESPONSE and isinstance(status, int) and status >= 500:
         style = "bold red"
+    elif event.type == ERROR and event.data.get("error") == DISCONNECTED:
+        style = "yellow"
     return shown(event.type, style)
 
 
