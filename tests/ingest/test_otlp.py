@@ -291,6 +291,7 @@ _KEYS = st.sampled_from(
         "url.full",
         "url.path",
         "upstream_cluster",
+        "response_flags",
         "error.type",
         "http.response.body.size",
     ]
@@ -333,6 +334,44 @@ def test_any_span_is_a_call_nothing_or_a_rejection(
     assert len(result.bodies) == 2 * result.calls
     for body in result.bodies:
         parse_event(body)
+
+
+def test_an_envoy_span_of_a_client_that_left_first_is_a_disconnected_call() -> None:
+    def envoy_span(span_id: bytes, status: str, flags: str) -> Span:
+        span = Span(
+            trace_id=bytes(range(1, 17)),
+            span_id=span_id,
+            kind=Span.SPAN_KIND_SERVER,
+            start_time_unix_nano=1_795_809_361_000_000_000,
+            end_time_unix_nano=1_795_809_361_400_000_000,
+            attributes=[
+                KeyValue(key=key, value=AnyValue(string_value=value))
+                for key, value in {
+                    "http.method": "GET",
+                    "upstream_cluster": "svc_b",
+                    "http.status_code": status,
+                    "response_flags": flags,
+                }.items()
+            ],
+        )
+        span.status.code = ProtoStatus.STATUS_CODE_ERROR
+        return span
+
+    export = ExportTraceServiceRequest()
+    export.resource_spans.add().scope_spans.add().spans.extend(
+        [
+            envoy_span(b"span0001", "0", "DC"),
+            envoy_span(b"span0002", "200", "DC"),
+            envoy_span(b"span0003", "0", "UF,URX"),
+        ]
+    )
+    result = export_bodies(export)
+    outcomes = [parse_event(body) for body in result.bodies if parse_event(body).type != REQUEST]
+    left, answered, failed = (event.data for event in outcomes)
+    assert (left["error"], left["elapsedMs"]) == ("disconnected", 400.0)
+    assert left["detail"] == "the client closed the connection before svc_b answered (DC)"
+    # An answer that went out is the answer, whoever left afterwards; other flags are failures.
+    assert answered["status"] == 200 and failed["error"] == "error"
 
 
 def test_export_bodies_of_the_sdk_spans_are_valid_events() -> None:

@@ -16,7 +16,9 @@ attributes, and a ``SERVER`` span that names the upstream it passed the
 request to (a proxy's: ``peer.service`` or Envoy's ``upstream_cluster``).
 The trace id is the request id, the peer (``peer.service``, else
 ``server.address``...) the service, the resource's ``service.name`` the
-source. Event ids derive from the span: an exporter's retry stores nothing
+source. A span without an HTTP status whose Envoy ``response_flags`` hold
+``DC`` (the client left first) is a ``disconnected`` call, no failure of the
+service's. Event ids derive from the span: an exporter's retry stores nothing
 twice.
 """
 
@@ -46,6 +48,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from eventtrail.calls import DISCONNECTED
 from eventtrail.event import DEFAULT_MAX_BODY_BYTES, InvalidEvent, encode_event, parse_event
 from eventtrail.ingest.accesslog import Attempt, BadLine, ProxiedRequest, call_events
 from eventtrail.queue import PartialSend, Queue, QueueError, TransientQueueError
@@ -84,6 +87,10 @@ _REQUEST_SIZE = ("http.request.body.size", "http.request_content_length")
 _RESPONSE_SIZE = ("http.response.body.size", "http.response_content_length")
 # A SERVER span is a proxy's call when it names its upstream.
 _PROXY_UPSTREAM = ("peer.service", "upstream_cluster")
+# Envoy tags its spans with its response flags ("DC,UC", "-" for none); DC:
+# the downstream (the client) closed the connection before the answer.
+_RESPONSE_FLAGS = "response_flags"
+_CLIENT_LEFT = "DC"
 
 
 def _value(value: AnyValue) -> Any:
@@ -151,9 +158,15 @@ def span_call(span: Span, *, source: str) -> tuple[ProxiedRequest, bytes] | None
     status = _first(attributes, _STATUS)
     if isinstance(status, str) and status.isascii() and status.isdigit():
         status = int(status)
+    flags = attributes.get(_RESPONSE_FLAGS)
     outcome: dict[str, Any]
     if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
         outcome = {"status": status}
+    elif isinstance(flags, str) and _CLIENT_LEFT in flags.split(","):
+        outcome = {
+            "error": DISCONNECTED,
+            "detail": f"the client closed the connection before {service[:256]} answered (DC)",
+        }
     elif span.status.code == Status.STATUS_CODE_ERROR:
         exception = next(
             (_attributes(event.attributes) for event in span.events if event.name == "exception"), {}
