@@ -311,6 +311,30 @@ def test_an_hour_mostly_in_the_window_is_read_as_its_row_less_the_minutes_outsid
     }
 
 
+def test_a_windows_statements_read_indexes_only(three_hours: SQLiteStore) -> None:
+    """Every statement a long window's readers run (the one that reads its
+    rows, the probes at its edges, the walk's) searches an index and sorts
+    nothing."""
+    models = read_models_of(three_hours)
+    statements: list[str] = []
+    three_hours.read_models._db.set_trace_callback(statements.append)
+    try:
+        # 10:05 to 12:30, and 11:05 to 12:35: partial hours at both edges.
+        for since, until in ((T0 + timedelta(minutes=5), T0 + timedelta(minutes=150)),
+                             (T0 + timedelta(minutes=65), T0 + timedelta(minutes=155))):  # fmt: skip
+            models.rollups(since, until)
+            models.rollups(since, until, service="Orders")
+            models.bucket_counts(since, until, service="Orders")
+    finally:
+        three_hours.read_models._db.set_trace_callback(None)
+    readers = [sql for sql in dict.fromkeys(statements) if "rm_service_rollups" in sql]
+    assert any("UNION ALL" in sql for sql in readers) and any("LIMIT 1" in sql for sql in readers)
+    for sql in readers:
+        plan = [row[3] for row in three_hours.read_models._db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        assert all("TEMP B-TREE" not in step and not step.startswith("SCAN") for step in plan), (sql, plan)
+        assert any(step.startswith("SEARCH") for step in plan), (sql, plan)
+
+
 def test_a_minute_row_without_its_hour_row_asks_for_a_rebuild(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "events.db") as store:
         store.append(flat([a_call("Orders", T0 + timedelta(minutes=minute)) for minute in range(75)]))
