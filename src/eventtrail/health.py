@@ -30,7 +30,6 @@ either way.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import operator
@@ -292,16 +291,17 @@ def _judge(
     )
 
 
-def _run_start(
+def _walk_back(
     counts: list[BucketCount],
     rows: Callable[[], Iterable[tuple[RollupKey, Rollup]]],
     health: ServiceHealth,
     thresholds: HealthThresholds,
-) -> BucketCount | None:
-    """The earliest bucket of the last run in which the rule held, walking
-    back from the newest bucket (buckets without calls neither break nor
-    extend a run). The counts decide alone while calls fail often enough;
-    the latencies (``rows``, read once, when first needed) decide the rest."""
+) -> tuple[str, str] | None:
+    """``(step, bucket)`` of the earliest bucket of the last run in which
+    the rule held, walking back from the newest bucket (buckets without
+    calls neither break nor extend a run). The counts decide alone while
+    calls fail often enough; the latencies (``rows``, read once, when first
+    needed) decide the rest."""
     earliest: BucketCount | None = None
     latencies: dict[tuple[str, str], Rollup] | None = None
     for count in counts:
@@ -312,11 +312,52 @@ def _run_start(
                 break
             if latencies is None:
                 latencies = _per_bucket(rows())
-            bucket = latencies.get((count.step, count.bucket))
-            if bucket is None or not _slower(bucket.quantiles(0.95)[0], health.baseline_p95_ms, thresholds):
+            if not _slower_in(latencies.get((count.step, count.bucket)), health, thresholds):
                 break
         earliest = count
-    return earliest
+    return (earliest.step, earliest.bucket) if earliest else None
+
+
+def _slower_in(bucket: Rollup | None, health: ServiceHealth, thresholds: HealthThresholds) -> bool:
+    return bucket is not None and _slower(bucket.quantiles(0.95)[0], health.baseline_p95_ms, thresholds)
+
+
+def _run_start(
+    models: ReadModels,
+    since: datetime,
+    until: datetime,
+    step: str | None,
+    health: ServiceHealth,
+    thresholds: HealthThresholds,
+) -> tuple[str, str] | None:
+    """:func:`_walk_back` over the buckets of ``[since, until)`` (those of
+    :meth:`ReadModels.bucket_counts`), answered by two probes unless slow
+    calls extend the run: the newest bucket whose calls did not fail often
+    enough, and the oldest called bucket after it. So a run of failing
+    buckets costs the same however long it is."""
+    service = health.service
+    calm = models.newest_calm_bucket(
+        since, until, service=service, max_error_rate=thresholds.max_error_rate, step=step
+    )
+    if calm is not None and health.baseline_calls >= thresholds.min_calls:
+        begin = moment_of(calm.bucket)
+        end = begin + timedelta(seconds=STEPS[calm.step])
+        latencies = _per_bucket(models.buckets(begin, end, service=service, step=calm.step))
+        if _slower_in(latencies.get((calm.step, calm.bucket)), health, thresholds):
+            # Slow calls extend the run past that bucket: walk every bucket.
+            return _walk_back(
+                models.bucket_counts(since, until, service=service, step=step),
+                lambda: (
+                    models.covering(since, until, service=service)
+                    if step is None
+                    else models.buckets(since, until, service=service, step=step)
+                ),
+                health,
+                thresholds,
+            )
+    return models.oldest_called_bucket(
+        since, until, service=service, step=step, after=calm.bucket if calm else None
+    )
 
 
 def _per_bucket(rows: Iterable[tuple[RollupKey, Rollup]]) -> dict[tuple[str, str], Rollup]:
@@ -340,27 +381,16 @@ def _faulty_since(
     buckets covering it (minutes at its edges, coarser buckets between),
     then, while the run starts on a coarser bucket, on that bucket's buckets
     of the next finer step."""
-    service = health.service
-    start = _run_start(
-        models.bucket_counts(since, until, service=service),
-        lambda: models.covering(since, until, service=service),
-        health,
-        thresholds,
-    )
-    while start is not None and start.step in _FINER:
-        step = _FINER[start.step]
-        begin = moment_of(start.bucket)
-        end = begin + timedelta(seconds=STEPS[start.step])
-        first = _run_start(
-            models.bucket_counts(begin, end, service=service, step=step),
-            functools.partial(models.buckets, begin, end, service=service, step=step),
-            health,
-            thresholds,
-        )
+    start = _run_start(models, since, until, None, health, thresholds)
+    while start is not None and start[0] in _FINER:
+        step, bucket = start
+        begin = moment_of(bucket)
+        end = begin + timedelta(seconds=STEPS[step])
+        first = _run_start(models, begin, end, _FINER[step], health, thresholds)
         if first is None:
             break
         start = first
-    return start.bucket if start else None
+    return start[1] if start else None
 
 
 def _edges(edges: dict[tuple[str, str], _Tally]) -> Iterable[ServiceEdge]:

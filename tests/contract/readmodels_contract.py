@@ -38,6 +38,7 @@ from eventtrail.readmodels.model import (
     RollupKey,
     bucket_start,
 )
+from eventtrail.readmodels.port import BucketCount
 from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch
 from eventtrail.store import AppendStatus, InvalidCursor, Store
 from eventtrail.times import format_moment
@@ -397,6 +398,83 @@ class ReadModelsContract:
             # keeps the hour's, so they hold the window's, maybe loosely.
             assert rollup.sketch.low is not None and rollup.sketch.high is not None
             assert rollup.sketch.low <= min(ended) and rollup.sketch.high >= max(ended)
+
+    # ---------------------------------------------------------------- walks back
+
+    def test_a_walk_back_reads_the_newest_calm_and_the_oldest_called_buckets(self, store: Store) -> None:
+        service = unique_service()
+
+        def minute(at: int, calls: int, failed: int, caller: str = CALLER) -> list[tuple[Event, Event]]:
+            moments = [T0 + timedelta(minutes=at, seconds=index) for index in range(calls)]
+            return [
+                a_call(service, moment, status=503 if index < failed else 200, caller=caller)
+                for index, moment in enumerate(moments)
+            ]
+
+        store.append(
+            flat(
+                minute(5, 10, 0)
+                + minute(7, 20, 1)  # 5%: on the bound is within it
+                # One caller within any bound, the other failing: 50% in all.
+                + minute(9, 10, 0)
+                + minute(9, 10, 10, caller="Batch")
+                + minute(10, 10, 5)
+                + minute(11, 10, 5)
+                + minute(12, 10, 5)
+                + minute(90, 4, 4)
+            )
+        )
+        models = self.models(store)
+        quarter = (T0, T0 + timedelta(minutes=15))
+        assert models.newest_calm_bucket(*quarter, service=service, max_error_rate=0.05) == BucketCount(
+            "1m", "2021-03-04T10:07:00.000000Z", 20, 1
+        )
+        assert models.newest_calm_bucket(*quarter, service=service, max_error_rate=0.049) == BucketCount(
+            "1m", "2021-03-04T10:05:00.000000Z", 10, 0
+        )
+        assert models.newest_calm_bucket(*quarter, service=service, max_error_rate=0.5) == BucketCount(
+            "1m", "2021-03-04T10:12:00.000000Z", 10, 5
+        )
+        assert models.newest_calm_bucket(*quarter, service="nobody", max_error_rate=1.0) is None
+        minute_bucket = "2021-03-04T10:{:02d}:00.000000Z".format
+        assert models.oldest_called_bucket(*quarter, service=service) == ("1m", minute_bucket(5))
+        assert models.oldest_called_bucket(*quarter, service=service, after=minute_bucket(7)) == (
+            "1m",
+            minute_bucket(9),
+        )
+        assert models.oldest_called_bucket(*quarter, service=service, after=minute_bucket(12)) is None
+        # Three hours: read as hour buckets, or per minute when asked.
+        hours = (T0, T0 + timedelta(hours=3))
+        assert models.newest_calm_bucket(*hours, service=service, max_error_rate=0.05) is None
+        assert models.newest_calm_bucket(*hours, service=service, max_error_rate=0.5) == BucketCount(
+            "1h", "2021-03-04T10:00:00.000000Z", 80, 26
+        )
+        assert models.oldest_called_bucket(*hours, service=service) == ("1h", "2021-03-04T10:00:00.000000Z")
+        assert models.oldest_called_bucket(*hours, service=service, after="2021-03-04T10:00:00.000000Z") == (
+            "1h",
+            "2021-03-04T11:00:00.000000Z",
+        )
+        assert models.newest_calm_bucket(
+            *hours, service=service, max_error_rate=0.05, step="1m"
+        ) == BucketCount("1m", minute_bucket(7), 20, 1)
+        assert models.oldest_called_bucket(*hours, service=service, step="1m", after=minute_bucket(12)) == (
+            "1m",
+            "2021-03-04T11:30:00.000000Z",
+        )
+        # Each as the port defines it from the counts per bucket.
+        for window, step in ((quarter, None), (hours, None), (hours, "1m")):
+            for rate in (0.0, 0.05, 0.25, 0.5, 1.0):
+                assert models.newest_calm_bucket(
+                    *window, service=service, max_error_rate=rate, step=step
+                ) == ReadModels.newest_calm_bucket(
+                    models, *window, service=service, max_error_rate=rate, step=step
+                )
+            for count in models.bucket_counts(*window, service=service, step=step):
+                assert models.oldest_called_bucket(
+                    *window, service=service, step=step, after=count.bucket
+                ) == ReadModels.oldest_called_bucket(
+                    models, *window, service=service, step=step, after=count.bucket
+                )
 
     # ---------------------------------------------------------------- requests
 

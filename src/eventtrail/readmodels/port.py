@@ -669,6 +669,46 @@ class ReadModels(abc.ABC):
             )
         return sorted(merged.values(), key=lambda count: count.bucket, reverse=True)
 
+    def newest_calm_bucket(
+        self,
+        since: datetime,
+        until: datetime,
+        *,
+        service: str,
+        max_error_rate: float,
+        step: str | None = None,
+    ) -> BucketCount | None:
+        """The newest of the buckets :meth:`bucket_counts` reads in which
+        ``service`` was called and its calls failed at a rate of at most
+        ``max_error_rate`` (``errors / calls``, as a float): where a walk back
+        over a failing service ends, found without reading the buckets it
+        passes."""
+        for count in self.bucket_counts(since, until, service=service, step=step):
+            if count.calls > 0 and count.errors / count.calls <= max_error_rate:
+                return count
+        return None
+
+    def oldest_called_bucket(
+        self,
+        since: datetime,
+        until: datetime,
+        *,
+        service: str,
+        step: str | None = None,
+        after: str | None = None,
+    ) -> tuple[str, str] | None:
+        """``(step, bucket)`` of the oldest of the buckets
+        :meth:`bucket_counts` reads in which ``service`` was called, among
+        those starting after the bucket ``after`` when given: where a run of
+        buckets that ends now began."""
+        found = None
+        for count in self.bucket_counts(since, until, service=service, step=step):
+            if after is not None and count.bucket <= after:
+                break
+            if count.calls > 0:
+                found = count.step, count.bucket
+        return found
+
     def requests(self, query: RequestQuery, *, limit: int = 50, cursor: str | None = None) -> RequestPage:
         """One page of the requests matching ``query``, newest first."""
         if not 1 <= limit <= 1000:

@@ -87,6 +87,8 @@ __all__ = ["SQLiteReadModels", "read_models_path"]
 
 _FAILURE_COLUMNS = ", ".join(f"failed_{kind}" for kind in FAILURE_KINDS)
 _FAILURE_DEFINITIONS = "".join(f"    failed_{kind} INTEGER NOT NULL,\n" for kind in FAILURE_KINDS)
+#: A row's failed calls, of every kind.
+_FAILED = " + ".join(f"failed_{kind}" for kind in FAILURE_KINDS)
 _FAILURE_UPDATES = ", ".join(
     f"failed_{kind} = failed_{kind} + excluded.failed_{kind}" for kind in FAILURE_KINDS
 )
@@ -176,6 +178,15 @@ _CHUNK = 400
 _encode = msgspec.msgpack.Encoder().encode
 _decode_half = msgspec.msgpack.Decoder(OpenCall).decode
 _decode_state = msgspec.msgpack.Decoder(RequestState).decode
+
+
+def _count_ranges(since: datetime, until: datetime, step: str | None) -> list[tuple[str, str, str]]:
+    """The ``(step, first, last)`` bucket ranges that the walk's counts read:
+    those of :func:`cover`, or the ``step`` buckets of the window."""
+    if step is None:
+        return list(cover(since, until))
+    found = bucket_range(since, until, step)
+    return [(step, *found)] if found is not None else []
 
 
 def _create_tables(db: sqlite3.Connection) -> None:
@@ -856,20 +867,14 @@ class SQLiteReadModels(ReadModels):
         """As the port's, summed by SQLite (one small row per bucket)."""
         with self._guard("cannot read the read models"), self._lock:
             self.check()
-            if step is None:
-                ranges = list(cover(since, until))
-            else:
-                found = bucket_range(since, until, step)
-                ranges = [(step, *found)] if found is not None else []
             counts: list[BucketCount] = []
-            failed = " + ".join(_FAILURE_COLUMNS.split(", "))
             try:
                 # The ranges follow each other in time: newest first, read
                 # newest first. The rows of a bucket's callers come together
                 # from the index, and are summed here (cheaper than GROUP BY).
-                for bucket_step, first, last in reversed(ranges):
+                for bucket_step, first, last in reversed(_count_ranges(since, until, step)):
                     rows = self._db.execute(
-                        f"SELECT bucket, calls, {failed} FROM rm_service_rollups"
+                        f"SELECT bucket, calls, {_FAILED} FROM rm_service_rollups"
                         " WHERE step = ? AND bucket >= ? AND bucket <= ? AND service = ?"
                         " ORDER BY bucket DESC",
                         (bucket_step, first, last, service),
@@ -887,6 +892,102 @@ class SQLiteReadModels(ReadModels):
                     raise
                 return []
             return counts
+
+    def newest_calm_bucket(
+        self,
+        since: datetime,
+        until: datetime,
+        *,
+        service: str,
+        max_error_rate: float,
+        step: str | None = None,
+    ) -> BucketCount | None:
+        """As the port's, stepping over the rows of failing buckets inside
+        SQLite: the newest bucket with a caller's row whose own rate is
+        within the bound (and a hair, for the rounding of its division),
+        then summed over its callers. A bucket within the bound has such a
+        row, since a sum of fractions is never below the smallest of them;
+        when the sum of the one found is over the bound (a caller within it,
+        the others failing), the port's walk decides."""
+        loose = max_error_rate + abs(max_error_rate) * 1e-9
+        ranges = [(*found, ">=", found[1]) for found in _count_ranges(since, until, step)]
+        where = f"calls > 0 AND CAST({_FAILED} AS REAL) / calls <= ?"
+        with self._guard("cannot read the read models"), self._lock:
+            self.check()
+            newest = self._first_bucket(ranges, service, where, (loose,), newest=True)
+            count = self._bucket_count(*newest, service) if newest is not None else None
+        if count is None or count.errors / count.calls <= max_error_rate:
+            return count
+        return super().newest_calm_bucket(
+            since, until, service=service, max_error_rate=max_error_rate, step=step
+        )
+
+    def oldest_called_bucket(
+        self,
+        since: datetime,
+        until: datetime,
+        *,
+        service: str,
+        step: str | None = None,
+        after: str | None = None,
+    ) -> tuple[str, str] | None:
+        """As the port's: one indexed probe per range, in one statement."""
+        ranges = []
+        for bucket_step, first, last in _count_ranges(since, until, step):
+            if after is None or after < first:
+                ranges.append((bucket_step, first, last, ">=", first))
+            elif after < last:
+                # One lower bound, so that the service's index is the one used.
+                ranges.append((bucket_step, first, last, ">", after))
+        with self._guard("cannot read the read models"), self._lock:
+            self.check()
+            return self._first_bucket(ranges, service, "calls > 0", (), newest=False)
+
+    def _first_bucket(
+        self,
+        ranges: list[tuple[str, str, str, str, str]],
+        service: str,
+        where: str,
+        where_parameters: tuple[object, ...],
+        *,
+        newest: bool,
+    ) -> tuple[str, str] | None:
+        """``(step, bucket)`` of the first row of ``service`` (the newest when
+        ``newest``, else the oldest) matching ``where`` in the ``(step, first,
+        last, lower comparison, lower bound)`` ranges, which follow each other
+        in time: one indexed probe per range (SQLite reads a ``max`` or
+        ``min`` of an index's column as the first matching entry), all in
+        one statement."""
+        selects: list[str] = []
+        parameters: list[object] = []
+        aggregate = "max" if newest else "min"
+        for number, (step, _, last, lower, bound) in enumerate(ranges):
+            selects.append(
+                f"SELECT {number}, {aggregate}(bucket) FROM rm_service_rollups"
+                f" WHERE step = ? AND bucket {lower} ? AND bucket <= ? AND service = ? AND {where}"
+            )
+            parameters += [step, bound, last, service, *where_parameters]
+        if not selects:
+            return None
+        try:
+            rows = self._db.execute(" UNION ALL ".join(selects), parameters).fetchall()
+        except sqlite3.OperationalError:
+            if self._holds_events() or self._has_tables():
+                raise
+            return None
+        found = [(number, bucket) for number, bucket in rows if bucket is not None]
+        if not found:
+            return None
+        number, bucket = max(found) if newest else min(found)
+        return ranges[number][0], bucket
+
+    def _bucket_count(self, step: str, bucket: str, service: str) -> BucketCount | None:
+        calls, errors = self._db.execute(
+            f"SELECT sum(calls), sum({_FAILED}) FROM rm_service_rollups"
+            " WHERE step = ? AND bucket = ? AND service = ?",
+            (step, bucket, service),
+        ).fetchone()
+        return BucketCount(step, bucket, calls, errors) if calls else None
 
     def covering(
         self, since: datetime, until: datetime, *, service: str | None = None
