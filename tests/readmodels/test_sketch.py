@@ -250,3 +250,29 @@ def test_a_sum_past_a_fields_range_stays_exact() -> None:
     huge = LatencySketch()
     huge.add(5.0, 2**33)
     assert LatencySketch.from_bytes(huge.to_bytes()) == huge
+
+
+def test_sparse_forms_read_for_a_sum_add_up_exactly_whatever_their_pairs() -> None:
+    """Pairs are folded into a run when read for summing, when a run can
+    hold them: the sum is the same either way."""
+    sparse = LatencySketch.of([0.0, 0.01, 3.0, 900.0, 60_000.0])
+    sparse_with_run = LatencySketch.of([*(10.0 + n / 10 for n in range(200)), 50_000.0])
+    pair_forms = [
+        ([(-(2**31), 2), (10, 5), (400, 7)], 0.0, 1e6),  # the zero bucket is never folded
+        ([(-(2**16) - 5, 1), (3, 1)], None, None),  # a key past any latency's
+        ([(0, 2**31), (1, 2**31)], 1.0, 1.0),  # more than a field's range in all
+        ([(0, 1), (4096, 1)], 1.0, 1e9),  # wider than a folded run may be
+    ]
+    forms = [sparse.to_bytes(), sparse_with_run.to_bytes()]
+    forms += [msgspec.msgpack.encode((pairs, low, high, 0, 0, b"")) for pairs, low, high in pair_forms]
+    total = SketchSum()
+    expected = LatencySketch()
+    for raw in forms * 2:
+        total.add(raw)
+        expected.merge(LatencySketch.from_bytes(raw))
+    qs = (0.0, 0.1, 0.5, 0.9, 0.99, 1.0)
+    assert total.sketch() == expected
+    summed_again = SketchSum()
+    for raw in forms * 2:
+        summed_again.add(raw)
+    assert summed_again.quantiles(*qs) == expected.quantiles(*qs)

@@ -489,9 +489,44 @@ def _decode_run(raw: bytes) -> _Decoded:
     return pairs, low, high, first, total, int.from_bytes(run, "little")
 
 
+#: The widest run that a stored form's (bucket, count) pairs are folded into
+#: when it is read for summing: bounds what a hostile form makes a reader hold.
+_FOLD_FIELDS = 4096
+
+
+def _decode_for_sum(raw: bytes) -> _Decoded:
+    """:func:`_decode_run` with the pairs a run can hold (real buckets,
+    counts in a field's range) folded into the run, as long as it spans at
+    most :data:`_FOLD_FIELDS` fields: a sparse form (stored as pairs) is then
+    added as one integer, instead of one dictionary update per pair for
+    every row a reader sums. The run's total stays within a field's range,
+    as a stored run's does."""
+    decoded = pairs, low, high, first, total, run = _decode_run(raw)
+    foldable: list[tuple[int, int]] = []
+    kept: list[tuple[int, int]] = []
+    for key, count in pairs:
+        # The zero bucket's key is beyond any other's: it stays a pair.
+        holds = 0 < count <= _FIELD_MAX and -_MAX_KEY <= key <= _MAX_KEY
+        (foldable if holds else kept).append((key, count))
+    if not foldable:
+        return decoded
+    keys = [key for key, _ in foldable]
+    low_key, high_key = min(keys), max(keys)
+    if run:
+        low_key = min(low_key, first)
+        high_key = max(high_key, first + (run.bit_length() - 1) // _FIELD_BITS)
+    added = sum(count for _, count in foldable)
+    if high_key - low_key >= _FOLD_FIELDS or total + added > _FIELD_MAX:
+        return decoded
+    value = run << (_FIELD_BITS * (first - low_key)) if run else 0
+    for key, count in foldable:
+        value += count << (_FIELD_BITS * (key - low_key))
+    return kept, low, high, low_key, total + added, value
+
+
 #: A reader adds the same stored rows again and again (the closed buckets of
 #: a window polled every few seconds): cached on the bytes themselves.
-_decode_run_cached = functools.lru_cache(maxsize=4096)(_decode_run)
+_decode_run_cached = functools.lru_cache(maxsize=4096)(_decode_for_sum)
 
 
 def _read(raw: bytes) -> tuple[dict[int, int], float | None, float | None]:
