@@ -152,15 +152,30 @@ def reader_file(count: int, rebuild: bool) -> tuple[Path, str]:
     )
 
 
-def median_seconds(run: Callable[[], object], samples: int) -> tuple[float, object]:
-    """The median time of ``run`` over ``samples`` calls, and what it returned."""
-    answer = run()  # warm the page cache and the statement cache
-    times = []
-    for _ in range(samples):
+#: Each sample of a reader times calls for about this long (one call of a
+#: fraction of a millisecond is at the mercy of the scheduler).
+SAMPLE_SECONDS = 0.02
+
+
+def median_seconds(runs: dict[str, Callable[[], object]], samples: int) -> dict[str, tuple[float, object]]:
+    """Per run, the median time of one call over ``samples`` samples, and
+    what it returned. Each sample repeats a call for about
+    :data:`SAMPLE_SECONDS`, and the runs take turns sample by sample, so that
+    a machine slowing down meanwhile slows them all alike."""
+    answers: dict[str, object] = {}
+    repeats: dict[str, int] = {}
+    for label, run in runs.items():
         began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), answer
+        answers[label] = run()  # warms the page cache and the statement cache
+        repeats[label] = max(1, int(SAMPLE_SECONDS / max(time.perf_counter() - began, 1e-6)))
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(samples):
+        for label, run in runs.items():
+            began = time.perf_counter()
+            for _ in range(repeats[label]):
+                run()
+            times[label].append((time.perf_counter() - began) / repeats[label])
+    return {label: (statistics.median(times[label]), answers[label]) for label in runs}
 
 
 def answer_size(answer: object) -> str:
@@ -190,12 +205,11 @@ def readers(path: Path, samples: int) -> list[tuple[str, str, float, float, str]
             ),
         }
         for name, call in calls.items():
-            base, answer = median_seconds(functools.partial(call, WINDOWS["1m"]), samples)
-            results.append((name, "1m", base, 1.0, answer_size(answer)))
-            for label, window in WINDOWS.items():
-                if label == "1m":
-                    continue
-                seconds, answer = median_seconds(functools.partial(call, window), samples)
+            timed = median_seconds(
+                {label: functools.partial(call, window) for label, window in WINDOWS.items()}, samples
+            )
+            base = timed["1m"][0]
+            for label, (seconds, answer) in timed.items():
                 results.append((name, label, seconds, seconds / base, answer_size(answer)))
         found = find_requests(
             store, service=RARE, status="error", since=end - WINDOWS["24h"], until=end, limit=500
