@@ -331,14 +331,14 @@ def _run_start(
     thresholds: HealthThresholds,
 ) -> tuple[str, str] | None:
     """:func:`_walk_back` over the buckets of ``[since, until)`` (those of
-    :meth:`ReadModels.bucket_counts`), answered by two probes unless slow
-    calls extend the run: the newest bucket whose calls did not fail often
-    enough, and the oldest called bucket after it. So a run of failing
-    buckets costs the same however long it is."""
+    :meth:`ReadModels.bucket_counts`), read as the service's last run of
+    failing buckets unless slow calls extend it past the bucket that ended
+    it: so a run costs the same however long it is."""
     service = health.service
-    calm = models.newest_calm_bucket(
+    run = models.failing_run(
         since, until, service=service, max_error_rate=thresholds.max_error_rate, step=step
     )
+    calm = run.ended_by
     if calm is not None and health.baseline_calls >= thresholds.min_calls:
         begin = moment_of(calm.bucket)
         end = begin + timedelta(seconds=STEPS[calm.step])
@@ -355,9 +355,7 @@ def _run_start(
                 health,
                 thresholds,
             )
-    return models.oldest_called_bucket(
-        since, until, service=service, step=step, after=calm.bucket if calm else None
-    )
+    return run.start
 
 
 def _per_bucket(rows: Iterable[tuple[RollupKey, Rollup]]) -> dict[tuple[str, str], Rollup]:

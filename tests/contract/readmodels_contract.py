@@ -38,7 +38,7 @@ from eventtrail.readmodels.model import (
     RollupKey,
     bucket_start,
 )
-from eventtrail.readmodels.port import BucketCount
+from eventtrail.readmodels.port import BucketCount, FailingRun
 from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch
 from eventtrail.store import AppendStatus, InvalidCursor, Store
 from eventtrail.times import format_moment
@@ -401,7 +401,7 @@ class ReadModelsContract:
 
     # ---------------------------------------------------------------- walks back
 
-    def test_a_walk_back_reads_the_newest_calm_and_the_oldest_called_buckets(self, store: Store) -> None:
+    def test_a_services_last_failing_run_is_read_whatever_its_length(self, store: Store) -> None:
         service = unique_service()
 
         def minute(at: int, calls: int, failed: int, caller: str = CALLER) -> list[tuple[Event, Event]]:
@@ -425,55 +425,41 @@ class ReadModelsContract:
             )
         )
         models = self.models(store)
+        at = "2021-03-04T{}:00.000000Z".format
         quarter = (T0, T0 + timedelta(minutes=15))
-        assert models.newest_calm_bucket(*quarter, service=service, max_error_rate=0.05) == BucketCount(
-            "1m", "2021-03-04T10:07:00.000000Z", 20, 1
+        # Minutes, newest first: 10:12, 10:11, 10:10 and 10:09 fail at 50%.
+        assert models.failing_run(*quarter, service=service, max_error_rate=0.05) == FailingRun(
+            ("1m", at("10:09")), BucketCount("1m", at("10:07"), 20, 1)
         )
-        assert models.newest_calm_bucket(*quarter, service=service, max_error_rate=0.049) == BucketCount(
-            "1m", "2021-03-04T10:05:00.000000Z", 10, 0
+        assert models.failing_run(*quarter, service=service, max_error_rate=0.049) == FailingRun(
+            ("1m", at("10:07")), BucketCount("1m", at("10:05"), 10, 0)
         )
-        assert models.newest_calm_bucket(*quarter, service=service, max_error_rate=0.5) == BucketCount(
-            "1m", "2021-03-04T10:12:00.000000Z", 10, 5
+        assert models.failing_run(*quarter, service=service, max_error_rate=0.5) == FailingRun(
+            None, BucketCount("1m", at("10:12"), 10, 5)
         )
-        assert models.newest_calm_bucket(*quarter, service="nobody", max_error_rate=1.0) is None
-        minute_bucket = "2021-03-04T10:{:02d}:00.000000Z".format
-        assert models.oldest_called_bucket(*quarter, service=service) == ("1m", minute_bucket(5))
-        assert models.oldest_called_bucket(*quarter, service=service, after=minute_bucket(7)) == (
-            "1m",
-            minute_bucket(9),
-        )
-        assert models.oldest_called_bucket(*quarter, service=service, after=minute_bucket(12)) is None
-        # Three hours: read as hour buckets, or per minute when asked.
+        assert models.failing_run(*quarter, service="nobody", max_error_rate=0.0) == FailingRun(None, None)
+        # Three hours, read as hour buckets: all of 10:00 fails at 32.5%.
         hours = (T0, T0 + timedelta(hours=3))
-        assert models.newest_calm_bucket(*hours, service=service, max_error_rate=0.05) is None
-        assert models.newest_calm_bucket(*hours, service=service, max_error_rate=0.5) == BucketCount(
-            "1h", "2021-03-04T10:00:00.000000Z", 80, 26
+        assert models.failing_run(*hours, service=service, max_error_rate=0.05) == FailingRun(
+            ("1h", at("10:00")), None
         )
-        assert models.oldest_called_bucket(*hours, service=service) == ("1h", "2021-03-04T10:00:00.000000Z")
-        assert models.oldest_called_bucket(*hours, service=service, after="2021-03-04T10:00:00.000000Z") == (
-            "1h",
-            "2021-03-04T11:00:00.000000Z",
+        assert models.failing_run(*hours, service=service, max_error_rate=0.5) == FailingRun(
+            ("1h", at("11:00")), BucketCount("1h", at("10:00"), 80, 26)
         )
-        assert models.newest_calm_bucket(
-            *hours, service=service, max_error_rate=0.05, step="1m"
-        ) == BucketCount("1m", minute_bucket(7), 20, 1)
-        assert models.oldest_called_bucket(*hours, service=service, step="1m", after=minute_bucket(12)) == (
-            "1m",
-            "2021-03-04T11:30:00.000000Z",
+        assert models.failing_run(*hours, service=service, max_error_rate=0.05, step="1m") == FailingRun(
+            ("1m", at("10:09")), BucketCount("1m", at("10:07"), 20, 1)
+        )
+        # Minutes up to 11:00, then the hour of 11:00: the run starts in the latter.
+        edge = (T0 + timedelta(minutes=5), T0 + timedelta(hours=2))
+        assert models.failing_run(*edge, service=service, max_error_rate=0.5) == FailingRun(
+            ("1h", at("11:00")), BucketCount("1m", at("10:12"), 10, 5)
         )
         # Each as the port defines it from the counts per bucket.
-        for window, step in ((quarter, None), (hours, None), (hours, "1m")):
+        for window, step in ((quarter, None), (hours, None), (hours, "1m"), (edge, None)):
             for rate in (0.0, 0.05, 0.25, 0.5, 1.0):
-                assert models.newest_calm_bucket(
-                    *window, service=service, max_error_rate=rate, step=step
-                ) == ReadModels.newest_calm_bucket(
+                found = models.failing_run(*window, service=service, max_error_rate=rate, step=step)
+                assert found == ReadModels.failing_run(
                     models, *window, service=service, max_error_rate=rate, step=step
-                )
-            for count in models.bucket_counts(*window, service=service, step=step):
-                assert models.oldest_called_bucket(
-                    *window, service=service, step=step, after=count.bucket
-                ) == ReadModels.oldest_called_bucket(
-                    models, *window, service=service, step=step, after=count.bucket
                 )
 
     # ---------------------------------------------------------------- requests

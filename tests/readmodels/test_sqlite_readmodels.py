@@ -325,9 +325,8 @@ def test_a_windows_statements_read_indexes_only(three_hours: SQLiteStore) -> Non
             models.rollups(since, until)
             models.rollups(since, until, service="Orders")
             models.bucket_counts(since, until, service="Orders")
-            models.newest_calm_bucket(since, until, service="Orders", max_error_rate=0.25)
-            models.newest_calm_bucket(since, until, service="Orders", max_error_rate=0.25, step="1m")
-            models.oldest_called_bucket(since, until, service="Orders", after="2021-03-04T11:00:00.000000Z")
+            models.failing_run(since, until, service="Orders", max_error_rate=0.25)
+            models.failing_run(since, until, service="Orders", max_error_rate=0.25, step="1m")
     finally:
         three_hours.read_models._db.set_trace_callback(None)
     readers = [sql for sql in dict.fromkeys(statements) if "rm_service_rollups" in sql]
@@ -370,38 +369,24 @@ def test_counts_per_bucket_are_the_ports_summed_by_sqlite(
     assert models.bucket_counts(since, until, service=service, step=step) == expected
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     start=minutes,
     length=st.integers(min_value=1, max_value=4 * 60),
     service=st.sampled_from(["Orders", "Stock", "Nobody"]),
     step=st.sampled_from([None, "1m", "1h"]),
     rate=st.sampled_from([0.0, 0.2, 0.25, 1 / 3, 0.5, 1.0]) | st.floats(0, 1),
-    after=st.none() | st.integers(min_value=0, max_value=40),
 )
-def test_a_walks_probes_are_the_ports_found_by_sqlite(
-    three_hours: SQLiteStore,
-    start: int,
-    length: int,
-    service: str,
-    step: str | None,
-    rate: float,
-    after: int | None,
+def test_a_services_last_failing_run_is_the_ports_found_by_sqlite(
+    three_hours: SQLiteStore, start: int, length: int, service: str, step: str | None, rate: float
 ) -> None:
     """Two callers per service, a quarter of the calls failing: buckets where
     one caller's calls are within the bound and the sum is not."""
     since = T0 + timedelta(minutes=start, seconds=start % 7)
     until = since + timedelta(minutes=length)
     models = read_models_of(three_hours)
-    expected = ReadModels.newest_calm_bucket(
-        models, since, until, service=service, max_error_rate=rate, step=step
-    )
-    found = models.newest_calm_bucket(since, until, service=service, max_error_rate=rate, step=step)
-    assert found == expected
-    counts = models.bucket_counts(since, until, service=service, step=step)
-    bucket = counts[after % len(counts)].bucket if after is not None and counts else None
-    oldest = ReadModels.oldest_called_bucket(models, since, until, service=service, step=step, after=bucket)
-    assert models.oldest_called_bucket(since, until, service=service, step=step, after=bucket) == oldest
+    expected = ReadModels.failing_run(models, since, until, service=service, max_error_rate=rate, step=step)
+    assert models.failing_run(since, until, service=service, max_error_rate=rate, step=step) == expected
 
 
 def test_counts_per_bucket_read_one_services_rows_from_an_index(three_hours: SQLiteStore) -> None:

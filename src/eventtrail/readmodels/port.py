@@ -75,6 +75,7 @@ __all__ = [
     "CALL_GRACE",
     "BucketCount",
     "Edge",
+    "FailingRun",
     "HasReadModels",
     "ReadModels",
     "ReadModelsOutdated",
@@ -110,6 +111,18 @@ class BucketCount(NamedTuple):
     bucket: str
     calls: int
     errors: int
+
+
+class FailingRun(NamedTuple):
+    """The last run of a service's failing buckets (see
+    :meth:`ReadModels.failing_run`)."""
+
+    start: tuple[str, str] | None
+    """``(step, bucket)`` of its oldest bucket; ``None`` when the newest
+    called bucket is not failing."""
+    ended_by: BucketCount | None
+    """The newest called bucket before it, which is not failing; ``None``
+    when every called bucket fails."""
 
 
 class RequestPage(msgspec.Struct, kw_only=True, rename="camel"):
@@ -669,7 +682,7 @@ class ReadModels(abc.ABC):
             )
         return sorted(merged.values(), key=lambda count: count.bucket, reverse=True)
 
-    def newest_calm_bucket(
+    def failing_run(
         self,
         since: datetime,
         until: datetime,
@@ -677,37 +690,21 @@ class ReadModels(abc.ABC):
         service: str,
         max_error_rate: float,
         step: str | None = None,
-    ) -> BucketCount | None:
-        """The newest of the buckets :meth:`bucket_counts` reads in which
-        ``service`` was called and its calls failed at a rate of at most
-        ``max_error_rate`` (``errors / calls``, as a float): where a walk back
-        over a failing service ends, found without reading the buckets it
-        passes."""
+    ) -> FailingRun:
+        """The last run of the buckets :meth:`bucket_counts` reads (buckets
+        without calls aside) in each of which ``service``'s calls failed at
+        a rate over ``max_error_rate`` (``errors / calls``, as a float),
+        walking back from the newest: where it starts, and the bucket that
+        ends it. What a walk back to when a service turned faulty reads,
+        whatever the run's length."""
+        start = None
         for count in self.bucket_counts(since, until, service=service, step=step):
-            if count.calls > 0 and count.errors / count.calls <= max_error_rate:
-                return count
-        return None
-
-    def oldest_called_bucket(
-        self,
-        since: datetime,
-        until: datetime,
-        *,
-        service: str,
-        step: str | None = None,
-        after: str | None = None,
-    ) -> tuple[str, str] | None:
-        """``(step, bucket)`` of the oldest of the buckets
-        :meth:`bucket_counts` reads in which ``service`` was called, among
-        those starting after the bucket ``after`` when given: where a run of
-        buckets that ends now began."""
-        found = None
-        for count in self.bucket_counts(since, until, service=service, step=step):
-            if after is not None and count.bucket <= after:
-                break
-            if count.calls > 0:
-                found = count.step, count.bucket
-        return found
+            if count.calls <= 0:
+                continue
+            if count.errors / count.calls <= max_error_rate:
+                return FailingRun(start, count)
+            start = count.step, count.bucket
+        return FailingRun(start, None)
 
     def requests(self, query: RequestQuery, *, limit: int = 50, cursor: str | None = None) -> RequestPage:
         """One page of the requests matching ``query``, newest first."""

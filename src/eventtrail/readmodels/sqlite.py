@@ -74,6 +74,7 @@ from eventtrail.readmodels.port import (
     CALL_EVENT_TYPES,
     BucketCount,
     Edge,
+    FailingRun,
     Progress,
     ReadModels,
     ReadModelsOutdated,
@@ -187,6 +188,18 @@ def _count_ranges(since: datetime, until: datetime, step: str | None) -> list[tu
         return list(cover(since, until))
     found = bucket_range(since, until, step)
     return [(step, *found)] if found is not None else []
+
+
+def _oldest(
+    ranges: list[tuple[str, str, str]], found: dict[int, str | None], since: int
+) -> tuple[str, str] | None:
+    """``(step, bucket)`` of the oldest called bucket of the ranges from
+    number ``since`` on, read by :meth:`SQLiteReadModels.failing_run`."""
+    for number in range(since, len(ranges)):
+        bucket = found[2 * number + 1]
+        if bucket is not None:
+            return ranges[number][0], bucket
+    return None
 
 
 def _create_tables(db: sqlite3.Connection) -> None:
@@ -893,7 +906,7 @@ class SQLiteReadModels(ReadModels):
                 return []
             return counts
 
-    def newest_calm_bucket(
+    def failing_run(
         self,
         since: datetime,
         until: datetime,
@@ -901,93 +914,58 @@ class SQLiteReadModels(ReadModels):
         service: str,
         max_error_rate: float,
         step: str | None = None,
-    ) -> BucketCount | None:
-        """As the port's, stepping over the rows of failing buckets inside
-        SQLite: the newest bucket with a caller's row whose own rate is
-        within the bound (and a hair, for the rounding of its division),
-        then summed over its callers. A bucket within the bound has such a
+    ) -> FailingRun:
+        """As the port's, with indexed probes (SQLite reads a ``max`` or
+        ``min`` of an index's column as its first matching entry): one
+        statement finds, per range of buckets, its newest bucket with a
+        caller's row whose own rate is within the bound (and a hair, for the
+        rounding of its division) and its oldest called bucket; the newest
+        such bucket is then summed over its callers, with the oldest called
+        bucket after it in its range. A bucket within the bound has such a
         row, since a sum of fractions is never below the smallest of them;
-        when the sum of the one found is over the bound (a caller within it,
-        the others failing), the port's walk decides."""
+        when the sum is over the bound (a caller within it, the others
+        failing), the port's walk decides."""
+        ranges = _count_ranges(since, until, step)
+        if not ranges:
+            return FailingRun(None, None)
+        of_service = "FROM rm_service_rollups WHERE step = ? AND bucket >= ? AND bucket <= ? AND service = ?"
         loose = max_error_rate + abs(max_error_rate) * 1e-9
-        ranges = [(*found, ">=", found[1]) for found in _count_ranges(since, until, step)]
-        where = f"calls > 0 AND CAST({_FAILED} AS REAL) / calls <= ?"
-        with self._guard("cannot read the read models"), self._lock:
-            self.check()
-            newest = self._first_bucket(ranges, service, where, (loose,), newest=True)
-            count = self._bucket_count(*newest, service) if newest is not None else None
-        if count is None or count.errors / count.calls <= max_error_rate:
-            return count
-        return super().newest_calm_bucket(
-            since, until, service=service, max_error_rate=max_error_rate, step=step
-        )
-
-    def oldest_called_bucket(
-        self,
-        since: datetime,
-        until: datetime,
-        *,
-        service: str,
-        step: str | None = None,
-        after: str | None = None,
-    ) -> tuple[str, str] | None:
-        """As the port's: one indexed probe per range, in one statement."""
-        ranges = []
-        for bucket_step, first, last in _count_ranges(since, until, step):
-            if after is None or after < first:
-                ranges.append((bucket_step, first, last, ">=", first))
-            elif after < last:
-                # One lower bound, so that the service's index is the one used.
-                ranges.append((bucket_step, first, last, ">", after))
-        with self._guard("cannot read the read models"), self._lock:
-            self.check()
-            return self._first_bucket(ranges, service, "calls > 0", (), newest=False)
-
-    def _first_bucket(
-        self,
-        ranges: list[tuple[str, str, str, str, str]],
-        service: str,
-        where: str,
-        where_parameters: tuple[object, ...],
-        *,
-        newest: bool,
-    ) -> tuple[str, str] | None:
-        """``(step, bucket)`` of the first row of ``service`` (the newest when
-        ``newest``, else the oldest) matching ``where`` in the ``(step, first,
-        last, lower comparison, lower bound)`` ranges, which follow each other
-        in time: one indexed probe per range (SQLite reads a ``max`` or
-        ``min`` of an index's column as the first matching entry), all in
-        one statement."""
         selects: list[str] = []
         parameters: list[object] = []
-        aggregate = "max" if newest else "min"
-        for number, (step, _, last, lower, bound) in enumerate(ranges):
-            selects.append(
-                f"SELECT {number}, {aggregate}(bucket) FROM rm_service_rollups"
-                f" WHERE step = ? AND bucket {lower} ? AND bucket <= ? AND service = ? AND {where}"
+        for number, covered in enumerate(ranges):
+            selects += [
+                f"SELECT {2 * number}, max(bucket) {of_service}"
+                f" AND calls > 0 AND CAST({_FAILED} AS REAL) / calls <= ?",
+                f"SELECT {2 * number + 1}, min(bucket) {of_service} AND calls > 0",
+            ]
+            parameters += [*covered, service, loose, *covered, service]
+        with self._guard("cannot read the read models"), self._lock:
+            self.check()
+            try:
+                found = dict(self._db.execute(" UNION ALL ".join(selects), parameters).fetchall())
+            except sqlite3.OperationalError:
+                if self._holds_events() or self._has_tables():
+                    raise
+                return FailingRun(None, None)
+            calm_in = [number for number in range(len(ranges)) if found[2 * number] is not None]
+            if not calm_in:
+                return FailingRun(_oldest(ranges, found, 0), None)
+            newest = calm_in[-1]
+            bucket_step, _, last = ranges[newest]
+            calm = found[2 * newest]
+            (calls, errors), (after, _) = self._db.execute(
+                f"SELECT sum(calls), sum({_FAILED}) FROM rm_service_rollups"
+                " WHERE step = ? AND bucket = ? AND service = ?"
+                " UNION ALL SELECT min(bucket), NULL FROM rm_service_rollups"
+                " WHERE step = ? AND bucket > ? AND bucket <= ? AND service = ? AND calls > 0",
+                (bucket_step, calm, service, bucket_step, calm, last, service),
+            ).fetchall()
+        if errors / calls > max_error_rate:
+            return super().failing_run(
+                since, until, service=service, max_error_rate=max_error_rate, step=step
             )
-            parameters += [step, bound, last, service, *where_parameters]
-        if not selects:
-            return None
-        try:
-            rows = self._db.execute(" UNION ALL ".join(selects), parameters).fetchall()
-        except sqlite3.OperationalError:
-            if self._holds_events() or self._has_tables():
-                raise
-            return None
-        found = [(number, bucket) for number, bucket in rows if bucket is not None]
-        if not found:
-            return None
-        number, bucket = max(found) if newest else min(found)
-        return ranges[number][0], bucket
-
-    def _bucket_count(self, step: str, bucket: str, service: str) -> BucketCount | None:
-        calls, errors = self._db.execute(
-            f"SELECT sum(calls), sum({_FAILED}) FROM rm_service_rollups"
-            " WHERE step = ? AND bucket = ? AND service = ?",
-            (step, bucket, service),
-        ).fetchone()
-        return BucketCount(step, bucket, calls, errors) if calls else None
+        start = (bucket_step, after) if after is not None else _oldest(ranges, found, newest + 1)
+        return FailingRun(start, BucketCount(bucket_step, calm, calls, errors))
 
     def covering(
         self, since: datetime, until: datetime, *, service: str | None = None
