@@ -311,3 +311,19 @@ def test_a_long_window_reads_coarse_buckets_not_minutes(store: SQLiteStore) -> N
     report = service_health(store, timedelta(hours=20, minutes=30), until=UNTIL)
     assert report.services[0].calls == 600
     assert report.services[0].p50_ms == pytest.approx(19.0, rel=0.01)
+
+
+def test_calls_their_clients_abandoned_are_counted_apart_from_failures(store: Store) -> None:
+    # A third of B's clients give up on slow calls: no failure of B's, but
+    # shown, and their waits are among its latencies.
+    store.append(calls("B", [900.0] * 10 + [20.0] * 20, start=CURRENT, failures=["disconnected"] * 10))
+    [b] = service_health(store, until=UNTIL).services
+    assert (b.calls, b.errors, b.abandoned, b.status) == (30, 0, 10, "ok")
+    assert b.failures == {"5xx": 0, "timeout": 0, "refused": 0, "reset": 0, "error": 0}
+    assert b.p99_ms is not None and b.p99_ms > 800
+    assert isinstance(store, SQLiteStore)
+    table = run(store.path.parent, "health", "--until", UNTIL.isoformat(), env={"COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    assert "ABANDONED" in table.stdout
+    [row] = [line.split() for line in table.stdout.splitlines() if line.startswith("B ")]
+    assert row[:6] == ["B", "ok", "30", "0", "0.0%", "10"]  # service, status, calls, errors, rate, abandoned

@@ -241,6 +241,7 @@ def service(name: str, status: ServiceStatus = "ok") -> ServiceHealth:
         errors=12,
         error_rate=12 / 1234,
         failures={"5xx": 12},
+        abandoned=37,
         p50_ms=12.1,
         p95_ms=118.9,
         p99_ms=1002.2,
@@ -264,7 +265,7 @@ def test_health_drops_the_baseline_then_the_extremes_but_never_a_service_name() 
     )
     wide = render(health_view(report, 200), 200)
     narrow = render(health_view(report, 80), 80)
-    assert "BASELINE P95" in wide and "P99" in wide
+    assert "BASELINE P95" in wide and "P99" in wide and "ABANDONED" in wide and "37" in wide
     assert "BASELINE P95" not in narrow and "P95" in narrow
     for printed in (wide, narrow):
         assert "Microservice A" in printed and "Microservice B" in printed and "1,234" in printed

@@ -101,6 +101,9 @@ class ServiceHealth(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     error_rate: float
     failures: dict[str, int]
     """Failed calls by kind: ``5xx``, ``timeout``, ``refused``, ``reset``, ``error``."""
+    abandoned: int
+    """Calls whose client left before they were answered: among the calls,
+    not the errors (their time until then is among the latencies)."""
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
@@ -141,11 +144,12 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 class _Tally:
     """Calls of one service (or of one caller to one service)."""
 
-    __slots__ = ("_parts", "_percentiles", "_sum", "_tallies", "calls", "failures")
+    __slots__ = ("_parts", "_percentiles", "_sum", "_tallies", "abandoned", "calls", "failures")
 
     def __init__(self) -> None:
         self.calls = 0
         self.failures = [0] * len(FAILURE_KINDS)
+        self.abandoned = 0
         # Latencies are summed when a quantile is first asked for: a walk
         # back over a faulty service's buckets mostly needs counts only.
         self._parts: list[Rollup] = []
@@ -174,7 +178,7 @@ class _Tally:
         return self._percentiles
 
     def add(self, rollup: Rollup) -> None:
-        self._count(rollup.calls, rollup.failures)
+        self._count(rollup.calls, rollup.failures, rollup.abandoned)
         if self._sum is not None:
             rollup.add_to(self._sum)
         else:
@@ -182,15 +186,16 @@ class _Tally:
 
     def add_tally(self, tally: _Tally) -> None:
         """Add the calls of ``tally`` (its latencies are summed once, for both)."""
-        self._count(tally.calls, tally.failures)
+        self._count(tally.calls, tally.failures, tally.abandoned)
         if self._sum is not None:
             self._sum.add_sum(tally.latencies())
         else:
             self._tallies.append(tally)
 
-    def _count(self, calls: int, failures: list[int]) -> None:
+    def _count(self, calls: int, failures: list[int], abandoned: int) -> None:
         self._percentiles = None
         self.calls += calls
+        self.abandoned += abandoned
         self.failures = list(map(operator.add, self.failures, failures))
 
     def failures_by_kind(self) -> dict[str, int]:
@@ -281,6 +286,7 @@ def _judge(
         errors=errors,
         error_rate=rate,
         failures=failures,
+        abandoned=tally.abandoned,
         p50_ms=p50,
         p95_ms=p95,
         p99_ms=p99,

@@ -39,6 +39,7 @@ from eventtrail.readmodels.model import (
     bucket_start,
 )
 from eventtrail.readmodels.port import BucketCount, FailingRun
+from eventtrail.readmodels.prometheus import render_metrics
 from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch
 from eventtrail.store import AppendStatus, InvalidCursor, Store
 from eventtrail.times import format_moment
@@ -215,7 +216,7 @@ class ReadModelsContract:
         assert all(result.ok for result in store.append(flat(calls)))
         models = self.models(store)
         rollup = totals(models, service, T0, T0 + timedelta(minutes=1))
-        assert (rollup.calls, rollup.errors) == (2, 0)
+        assert (rollup.calls, rollup.errors, rollup.abandoned) == (2, 0, 1)
         # Its time until the client left is its latency: a slow service still shows.
         assert rollup.sketch.quantile(1.0) == pytest.approx(5000, rel=RELATIVE_ACCURACY)
         [summary] = [
@@ -224,6 +225,20 @@ class ReadModelsContract:
             if found.request_id == request_id
         ]
         assert (summary.status, summary.errors) == ("ok", 0)
+        # An outcome before its request moves to its operation, abandoned still.
+        request, outcome = a_call(service, T0 + timedelta(seconds=2), error="disconnected", path="/slow")
+        store.append([outcome])
+        store.append([request])
+        found = models.rollups(T0, T0 + timedelta(minutes=1), service=service, operations=True)
+        assert {operation: (r.calls, r.abandoned) for (_, _, operation), r in found.items() if r.calls} == {
+            "GET /orders/{id}": (2, 1),
+            "GET /slow": (1, 1),
+        }
+        assert models.all_time()[(CALLER, service, ALL_OPERATIONS)].abandoned == 2
+        metrics = render_metrics(models).decode()
+        labels = f'{{caller="{CALLER}",service="{service}"}}'
+        assert f"eventtrail_service_calls_abandoned_total{labels} 2\n" in metrics
+        assert f"eventtrail_service_calls_total{labels} 3\n" in metrics
 
     def test_a_redelivered_or_resent_event_never_counts_twice(self, store: Store) -> None:
         service = unique_service()

@@ -285,7 +285,12 @@ def test_a_client_that_gave_up_on_nginx_is_recorded_as_such(tmp_path: Path) -> N
     health = run(data_dir, "health", "--json", "--min-calls", "1")
     assert health.returncode == 0, health.stderr
     [service] = json.loads(health.stdout)["services"]
-    assert (service["service"], service["calls"], service["errors"]) == ("Microservice A", 1, 0)
+    assert (service["service"], service["calls"], service["errors"], service["abandoned"]) == (
+        "Microservice A",
+        1,
+        0,
+        1,
+    )
 
 
 @contextmanager

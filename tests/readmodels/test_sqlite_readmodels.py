@@ -102,6 +102,35 @@ def test_a_failed_read_model_write_loses_no_event_and_counts_it_once_later(tmp_p
         assert totals(models, service, *HOUR).calls == 1
 
 
+def test_rollup_tables_of_version_2_get_their_abandoned_column_and_a_rebuild_counts_it(
+    tmp_path: Path,
+) -> None:
+    """Version 2 kept no count of abandoned calls: a writer adds the column
+    to its tables (its rows hold none until rebuilt), and a rebuild fills it."""
+    path = tmp_path / "events.db"
+    service = unique_service()
+    calls = [a_call(service, T0, error="disconnected"), a_call(service, T0 + timedelta(seconds=1))]
+    with SQLiteStore(path) as store:
+        store.append(flat(calls))
+    db = sqlite3.connect(read_models_path(path))
+    with db:
+        for table in ("rm_service_rollups", "rm_operation_rollups"):
+            db.execute(f"ALTER TABLE {table} DROP COLUMN abandoned")
+        db.execute("UPDATE rm_meta SET value = 2 WHERE name = 'version'")
+    db.close()
+    with SQLiteStore(path, read_only=True) as store, pytest.raises(ReadModelsOutdated, match="are version 2"):
+        read_models_of(store).rollups(*HOUR)
+    with SQLiteStore(path) as store:
+        models = read_models_of(store)
+        with pytest.raises(ReadModelsOutdated, match="are version 2"):
+            models.rollups(*HOUR)
+        # Events still go in; the rebuild counts them all.
+        store.append(list(a_call(service, T0 + timedelta(seconds=2), error="disconnected")))
+        assert models.rebuild() == 6
+        rollup = totals(models, service, *HOUR)
+        assert (rollup.calls, rollup.errors, rollup.abandoned) == (3, 0, 2)
+
+
 def test_read_models_of_another_version_refuse_to_answer_until_rebuilt(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     service = unique_service()

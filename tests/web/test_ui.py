@@ -142,6 +142,12 @@ def test_a_call_its_client_gave_up_on_is_shown_apart_from_failures(page: Page, t
             expect(page.locator("[data-testid=flow-event] .badge.abandoned")).to_have_count(1)
             expect(page.locator("[data-testid=flow-event] .badge.failed")).to_have_count(0)
             screenshot(page, "abandoned")
+            # Health counts it apart from the errors.
+            page.goto(f"{running.url}#/health")
+            row = page.locator(f'[data-testid=health-row][data-service="{SERVICE_B}"]')
+            expect(row.get_by_test_id("health-abandoned")).to_have_text("1")
+            other = page.locator(f'[data-testid=health-row][data-service="{SERVICE_A}"]')
+            expect(other.get_by_test_id("health-abandoned")).to_have_text("\u2013")  # an en dash: none
 
 
 def test_health_page_marks_service_b_faulty(page: Page, server: BackgroundServer) -> None:

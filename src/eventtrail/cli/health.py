@@ -46,6 +46,7 @@ _COLUMNS = (
     Column("calls", justify="right", labelled=True),
     Column("errors", justify="right", labelled=True),
     Column("error rate", justify="right", labelled=True),
+    Column("abandoned", role="optional", justify="right", drop_order=3, labelled=True),
     # On a narrow terminal the baseline goes first, then the extremes.
     Column("p50", role="optional", justify="right", drop_order=2, labelled=True),
     Column("p95", justify="right", labelled=True),
@@ -64,6 +65,7 @@ def health_view(report: HealthReport, width: int) -> RenderableType:
             Text(f"{service.calls:,}"),
             Text(f"{service.errors:,}"),
             Text(f"{service.error_rate:.1%}"),
+            Text(f"{service.abandoned:,}" if service.abandoned else "-"),
             Text(_ms(service.p50_ms)),
             Text(_ms(service.p95_ms)),
             Text(_ms(service.p99_ms)),

@@ -213,7 +213,10 @@ def _rollup_of(item: Item, step: str) -> tuple[RollupKey, Rollup]:
         step, item["Bucket"]["S"], item["Caller"]["S"], item["Service"]["S"], item["Operation"]["S"]
     )
     rollup = Rollup(
-        _int(item, "Calls"), [_int(item, name) for name in _FAILED], LatencySketch(counts, low, high)
+        _int(item, "Calls"),
+        [_int(item, name) for name in _FAILED],
+        LatencySketch(counts, low, high),
+        _int(item, "Abandoned"),
     )
     return key, rollup
 
@@ -696,7 +699,11 @@ class DynamoDBReadModels(ReadModels):
                         ("Operation", key.operation),
                     ):
                         update.set(name, {"S": text})
-                    for name, count in (("Calls", delta.calls), *zip(_FAILED, delta.failures, strict=True)):
+                    for name, count in (
+                        ("Calls", delta.calls),
+                        *zip(_FAILED, delta.failures, strict=True),
+                        ("Abandoned", delta.abandoned),
+                    ):
                         update.add(name, count)
                     for bound, value in (("Low", delta.sketch.low), ("High", delta.sketch.high)):
                         if value is not None:

@@ -43,6 +43,7 @@ __all__ = [
     "RollupKey",
     "SeriesPoint",
     "StoredSketch",
+    "abandoned",
     "bucket_range",
     "bucket_start",
     "cover",
@@ -56,7 +57,8 @@ __all__ = [
 
 #: The shape of every read model. A store whose read models carry another
 #: version refuses to read them until they are rebuilt from the events.
-PROJECTION_VERSION = 2
+#: 3: rollups count the calls their clients abandoned.
+PROJECTION_VERSION = 3
 
 #: How a call can fail: a 5xx response, or one of the gateway's error kinds
 #: (``error`` is any other failure).
@@ -171,6 +173,13 @@ def failure_kind(event_type_is_error: bool, status: object, error: object) -> st
     if status.__class__ is int and status >= 500:
         return "5xx"
     return None
+
+
+def abandoned(event_type_is_error: bool, error: object) -> bool:
+    """Whether a call's client left before it was answered: counted, with
+    its time until then as its latency, and apart (no failure of the
+    service's, but a sign of one that keeps its clients waiting)."""
+    return event_type_is_error and error == DISCONNECTED
 
 
 # ---------------------------------------------------------------- buckets
@@ -291,22 +300,28 @@ StoredSketch = bytes | SketchSum
 
 
 class Rollup:
-    """Calls of one rollup row: how many, how many failed and how, and their
-    latencies. A delta may hold negative numbers (a call moved away)."""
+    """Calls of one rollup row: how many, how many failed and how, how many
+    their clients abandoned, and their latencies. A delta may hold negative
+    numbers (a call moved away)."""
 
-    __slots__ = ("_sketch", "_stored", "calls", "failures")
+    __slots__ = ("_sketch", "_stored", "abandoned", "calls", "failures")
 
     def __init__(
-        self, calls: int = 0, failures: Sequence[int] | None = None, sketch: LatencySketch | None = None
+        self,
+        calls: int = 0,
+        failures: Sequence[int] | None = None,
+        sketch: LatencySketch | None = None,
+        abandoned: int = 0,
     ) -> None:
         self.calls = calls
         self.failures: list[int] = list(failures) if failures is not None else [0] * len(FAILURE_KINDS)
+        self.abandoned = abandoned
         self._sketch: LatencySketch | None = sketch if sketch is not None else LatencySketch()
         #: Stored sketches not read yet (while ``_sketch`` is ``None``).
         self._stored: list[StoredSketch] = []
 
     @classmethod
-    def stored(cls, calls: int, failures: Sequence[int], *sketches: StoredSketch) -> Rollup:
+    def stored(cls, calls: int, failures: Sequence[int], abandoned: int, *sketches: StoredSketch) -> Rollup:
         """Stored rows' calls, their sketches (the :meth:`LatencySketch.to_bytes`
         form, or sums of such forms) read when first asked for: a walk back
         over many rows mostly needs their counts only, and rows merged
@@ -314,6 +329,7 @@ class Rollup:
         rollup = cls.__new__(cls)
         rollup.calls = calls
         rollup.failures = list(failures)
+        rollup.abandoned = abandoned
         rollup._sketch = None
         rollup._stored = list(sketches)
         return rollup
@@ -351,16 +367,21 @@ class Rollup:
     def errors(self) -> int:
         return sum(self.failures)
 
-    def count_call(self, failure: str | None, latency_ms: float | None, sign: int = 1) -> None:
+    def count_call(
+        self, failure: str | None, latency_ms: float | None, sign: int = 1, *, abandoned: bool = False
+    ) -> None:
         self.calls += sign
         if failure is not None:
             self.failures[FAILURE_KINDS.index(failure)] += sign
+        if abandoned:
+            self.abandoned += sign
         if latency_ms is not None:
             self.sketch.add(latency_ms, sign)
 
     def merge(self, other: Rollup) -> None:
         self.calls += other.calls
         self.failures = [mine + theirs for mine, theirs in zip(self.failures, other.failures, strict=True)]
+        self.abandoned += other.abandoned
         if self._sketch is None and other._sketch is None:
             self._stored = self._stored + other._stored
         else:
@@ -371,18 +392,19 @@ class Rollup:
 
     def negated(self) -> Rollup:
         """The delta that takes these calls away (the latency bounds stay)."""
-        return Rollup(-self.calls, [-count for count in self.failures], self.sketch.negated())
+        failures = [-count for count in self.failures]
+        return Rollup(-self.calls, failures, self.sketch.negated(), -self.abandoned)
 
     def is_empty(self) -> bool:
         if self._sketch is None:
             # Stored rows hold no negative count: no calls, no latencies.
-            return not self.calls and not any(self.failures)
-        return not self.calls and not any(self.failures) and not self._sketch
+            return not self.calls and not any(self.failures) and not self.abandoned
+        return not self.calls and not any(self.failures) and not self.abandoned and not self._sketch
 
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Rollup)
-            and (self.calls, self.failures) == (other.calls, other.failures)
+            and (self.calls, self.failures, self.abandoned) == (other.calls, other.failures, other.abandoned)
             and self.sketch == other.sketch
         )
 
@@ -390,7 +412,8 @@ class Rollup:
         raise TypeError("a rollup is mutable")
 
     def __repr__(self) -> str:
-        return f"Rollup(calls={self.calls}, failures={self.failures}, {self.sketch!r})"
+        counts = f"calls={self.calls}, failures={self.failures}, abandoned={self.abandoned}"
+        return f"Rollup({counts}, {self.sketch!r})"
 
 
 def merged(rollups: Iterable[Rollup]) -> Rollup:
@@ -436,6 +459,7 @@ class OpenCall(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     service: str = ""
     failure: str | None = None
     latency_ms: float | None = None
+    abandoned: bool = False
 
 
 # ---------------------------------------------------------------- requests

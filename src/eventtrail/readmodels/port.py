@@ -60,6 +60,7 @@ from eventtrail.readmodels.model import (
     RequestSummary,
     Rollup,
     RollupKey,
+    abandoned,
     bucket_range,
     bucket_start,
     cover,
@@ -203,6 +204,7 @@ class _Plan:
         failure: str | None,
         latency: float | None,
         *,
+        abandoned: bool = False,
         sign: int = 1,
         with_total: bool = True,
     ) -> None:
@@ -219,6 +221,8 @@ class _Plan:
         cell.calls += sign
         if failure is not None:
             cell.failures[_FAILURE_INDEX[failure]] += sign
+        elif abandoned:
+            cell.abandoned += sign
         if latency is not None:
             cell.sketch.add_to_bucket(bucket_of(latency), latency, sign)
 
@@ -264,11 +268,12 @@ class _Plan:
             return
         is_error = event.type == ERROR
         failure = failure_kind(is_error, data.get("status"), data.get("error"))
+        left = abandoned(is_error, data.get("error"))
         latency = _latency(data.get("elapsedMs" if is_error else "latencyMs"))
         if key is None:
-            self.count(timestamp, event.source, service, UNKNOWN_OPERATION, failure, latency)
+            self.count(timestamp, event.source, service, UNKNOWN_OPERATION, failure, latency, abandoned=left)
             return
-        self._outcome(key, event, service, failure, latency)
+        self._outcome(key, event, service, failure, latency, left)
 
     def _request(self, key: CallKey, event: Event, service: str) -> None:
         half = self.open_calls.get(key)
@@ -283,25 +288,35 @@ class _Plan:
             if operation != UNKNOWN_OPERATION:
                 self.count(
                     half.timestamp, half.caller, half.service, UNKNOWN_OPERATION,
-                    half.failure, half.latency_ms, sign=-1, with_total=False,
+                    half.failure, half.latency_ms, abandoned=half.abandoned, sign=-1, with_total=False,
                 )  # fmt: skip
                 self.count(
                     half.timestamp, half.caller, half.service, operation,
-                    half.failure, half.latency_ms, with_total=False,
+                    half.failure, half.latency_ms, abandoned=half.abandoned, with_total=False,
                 )  # fmt: skip
             self._close(key)
         # A second request event for a call already open changes no count.
 
     def _outcome(
-        self, key: CallKey, event: Event, service: str, failure: str | None, latency: float | None
+        self,
+        key: CallKey,
+        event: Event,
+        service: str,
+        failure: str | None,
+        latency: float | None,
+        left: bool,
     ) -> None:
         half = self.open_calls.get(key)
         state = self.state(key.request_id, event.timestamp, service)
         if half is not None and not half.outcome:
-            self.count(event.timestamp, event.source, service, half.operation, failure, latency)
+            self.count(
+                event.timestamp, event.source, service, half.operation, failure, latency, abandoned=left
+            )
             self._close(key)
         else:
-            self.count(event.timestamp, event.source, service, UNKNOWN_OPERATION, failure, latency)
+            self.count(
+                event.timestamp, event.source, service, UNKNOWN_OPERATION, failure, latency, abandoned=left
+            )
             if half is None:
                 self._open(
                     key,
@@ -312,6 +327,7 @@ class _Plan:
                         service=service,
                         failure=failure,
                         latency_ms=latency,
+                        abandoned=left,
                     ),
                 )
             if state is not None:

@@ -76,6 +76,14 @@ def render_metrics(models: ReadModels) -> bytes:
         for kind, count in zip(FAILURE_KINDS, rollup.failures, strict=True):
             labels = _labels(caller=caller, service=service, kind=kind)
             lines.append(f"eventtrail_service_call_failures_total{labels} {count}")
+    lines += [
+        "# HELP eventtrail_service_calls_abandoned_total Calls whose client left before they were"
+        " answered (counted in the calls, not in the failures).",
+        "# TYPE eventtrail_service_calls_abandoned_total counter",
+    ]
+    for (caller, service, _), rollup in edges:
+        labels = _labels(caller=caller, service=service)
+        lines.append(f"eventtrail_service_calls_abandoned_total{labels} {rollup.abandoned}")
     name = "eventtrail_service_call_duration_seconds"
     lines += [
         f"# HELP {name} Latency of calls that reported one, from the rollups' sketches.",

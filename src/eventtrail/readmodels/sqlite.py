@@ -87,6 +87,8 @@ from eventtrail.times import format_moment, moment_of
 __all__ = ["SQLiteReadModels", "read_models_path"]
 
 _FAILURE_COLUMNS = ", ".join(f"failed_{kind}" for kind in FAILURE_KINDS)
+#: A rollup row's counts, in the order of :meth:`Rollup.stored`'s arguments.
+_COUNT_COLUMNS = f"calls, {_FAILURE_COLUMNS}, abandoned"
 _FAILURE_DEFINITIONS = "".join(f"    failed_{kind} INTEGER NOT NULL,\n" for kind in FAILURE_KINDS)
 #: A row's failed calls, of every kind.
 _FAILED = " + ".join(f"failed_{kind}" for kind in FAILURE_KINDS)
@@ -102,7 +104,8 @@ CREATE TABLE IF NOT EXISTS {name} (
     caller    TEXT NOT NULL,
     operation TEXT NOT NULL,
     calls     INTEGER NOT NULL,
-{failures}    sketch    BLOB NOT NULL,
+{failures}    abandoned INTEGER NOT NULL DEFAULT 0,
+    sketch    BLOB NOT NULL,
     PRIMARY KEY (step, bucket, service, caller, operation)
 ) WITHOUT ROWID;
 """
@@ -150,6 +153,8 @@ CREATE TABLE IF NOT EXISTS rm_meta (
 #: get it at their next writable open.
 _SERVICE_INDEX = "rm_service_rollups_by_service"
 
+_ROLLUP_TABLES = ("rm_service_rollups", "rm_operation_rollups")
+
 _TABLES = {
     "rm_service_rollups",
     "rm_operation_rollups",
@@ -160,13 +165,14 @@ _TABLES = {
 }
 
 _UPSERT = (
-    "INSERT INTO {table} (step, bucket, service, caller, operation, calls, "
-    + _FAILURE_COLUMNS
+    "INSERT INTO {table} (step, bucket, service, caller, operation, "
+    + _COUNT_COLUMNS
     + ", sketch) VALUES (?, ?, ?, ?, ?, ?, "
     + ", ".join("?" * len(FAILURE_KINDS))
-    + ", ?) ON CONFLICT (step, bucket, service, caller, operation) DO UPDATE SET"
+    + ", ?, ?) ON CONFLICT (step, bucket, service, caller, operation) DO UPDATE SET"
     " calls = calls + excluded.calls, "
     + _FAILURE_UPDATES
+    + ", abandoned = abandoned + excluded.abandoned"
     + ", sketch = rm_merge_sketches(sketch, excluded.sketch)"
 )
 
@@ -306,11 +312,20 @@ class SQLiteReadModels(ReadModels):
         with guard("cannot prepare the read models", path):
             self._log.execute("PRAGMA query_only = ON")
             self._db.create_function("rm_merge_sketches", 2, LatencySketch.merge_bytes, deterministic=True)
-            if not has_tables(self._db, _TABLES) or not self._has_index(_SERVICE_INDEX):
+            if (
+                not has_tables(self._db, _TABLES)
+                or not self._has_index(_SERVICE_INDEX)
+                or self._rollups_lack_abandoned()
+            ):
                 with write_transaction(self._db) as db:
                     # Another process may have made them meanwhile.
                     fresh = not has_tables(db, {"rm_meta"})
                     _create_tables(db)
+                    if self._rollups_lack_abandoned():
+                        # Tables of version 2: their rows count no abandoned
+                        # call until the rebuild their version asks for.
+                        for table in _ROLLUP_TABLES:
+                            db.execute(f"ALTER TABLE {table} ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0")
                     if fresh and not self._holds_events():
                         db.execute(
                             "INSERT OR IGNORE INTO rm_meta (name, value) VALUES ('version', ?)",
@@ -338,6 +353,10 @@ class SQLiteReadModels(ReadModels):
             # to build from (a reader of a store no writer opened yet).
             return None if self._holds_events() else PROJECTION_VERSION
         return int(row[0])
+
+    def _rollups_lack_abandoned(self) -> bool:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(rm_service_rollups)")}
+        return bool(columns) and "abandoned" not in columns
 
     def _has_index(self, name: str) -> bool:
         found = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
@@ -397,6 +416,7 @@ class SQLiteReadModels(ReadModels):
                     key.operation,
                     rollup.calls,
                     *rollup.failures,
+                    rollup.abandoned,
                     rollup.sketch.to_bytes(),
                 )
             )
@@ -664,7 +684,7 @@ class SQLiteReadModels(ReadModels):
             [
                 (
                     RollupKey(step, bucket, caller, name, operation),
-                    Rollup.stored(counts[0], counts[1:], sketch),
+                    Rollup.stored(counts[0], counts[1:-1], counts[-1], sketch),
                 )
                 for bucket, (caller, name, operation), counts, sketch in rows
             ]
@@ -788,7 +808,7 @@ class SQLiteReadModels(ReadModels):
             ranges += [(2 * number + 1, "1m", first, last) for first, last in part.outside]
             for tag, step, first, last in ranges:
                 selects.append(
-                    f"SELECT {tag}, caller, service, operation, calls, {_FAILURE_COLUMNS}, sketch"
+                    f"SELECT {tag}, caller, service, operation, {_COUNT_COLUMNS}, sketch"
                     f" FROM {table} WHERE step = ? AND bucket >= ? AND bucket <= ?{only}"
                 )
                 parameters += [step, first, last] if service is None else [step, first, last, service]
@@ -830,10 +850,10 @@ class SQLiteReadModels(ReadModels):
             rows = added.get(edge, [])
             parts_of_edge = trimmed.get(edge, [])
             columns = [*(row[4:-1] for row in rows), *(counts for counts, _ in parts_of_edge)]
-            calls, *failures = map(sum, zip(*columns, strict=True))
+            calls, *failures, abandoned = map(sum, zip(*columns, strict=True))
             sketches: list[StoredSketch] = [row[-1] for row in rows]
             sketches += [total for _, total in parts_of_edge]
-            rollup = Rollup.stored(calls, failures, *sketches)
+            rollup = Rollup.stored(calls, failures, abandoned, *sketches)
             if not rollup.is_empty():
                 totals[edge] = rollup
         return totals
@@ -841,21 +861,18 @@ class SQLiteReadModels(ReadModels):
     def _rows(
         self, table: str, step: str, first: str, last: str, service: str | None
     ) -> list[tuple[str, Edge, list[int], bytes]]:
-        """``(bucket, edge, [calls, failures...], sketch)`` of the rows of
+        """``(bucket, edge, [calls, failures..., abandoned], sketch)`` of the rows of
         ``step`` with ``first <= bucket <= last``."""
         sql = (
-            f"SELECT bucket, caller, service, operation, calls, {_FAILURE_COLUMNS}, sketch FROM {table}"
+            f"SELECT bucket, caller, service, operation, {_COUNT_COLUMNS}, sketch FROM {table}"
             " WHERE step = ? AND bucket >= ? AND bucket <= ?"
         )
         parameters: list[object] = [step, first, last]
         if service is not None:
             sql += " AND service = ?"
             parameters.append(service)
-        width = len(FAILURE_KINDS)
-        return [
-            (row[0], (row[1], row[2], row[3]), list(row[4 : 5 + width]), row[5 + width])
-            for row in self._db.execute(sql, parameters)
-        ]
+        rows = self._db.execute(sql, parameters)
+        return [(row[0], (row[1], row[2], row[3]), list(row[4:-1]), row[-1]) for row in rows]
 
     def all_time(self) -> dict[Edge, Rollup]:
         with self._guard("cannot read the read models"), self._lock:

@@ -236,6 +236,7 @@ async function showHealth() {
       el("td", { text: service.calls.toLocaleString() }),
       el("td", { text: service.errors.toLocaleString() }),
       el("td", { text: percent(service.errorRate) }),
+      el("td", { "data-testid": "health-abandoned", text: service.abandoned ? service.abandoned.toLocaleString() : "–" }),
       el("td", { text: ms(service.p50Ms) }),
       el("td", { text: ms(service.p95Ms) }),
       el("td", { text: ms(service.p99Ms) }),
