@@ -977,7 +977,7 @@ class SQLiteReadModels(ReadModels):
                 " WHERE step = ? AND bucket > ? AND bucket <= ? AND service = ? AND calls > 0",
                 (bucket_step, calm, service, bucket_step, calm, last, service),
             ).fetchall()
-        if errors / calls > max_error_rate:
+        if not calls or errors / calls > max_error_rate:
             return super().failing_run(
                 since, until, service=service, max_error_rate=max_error_rate, step=step
             )
