@@ -234,14 +234,14 @@ def test_dead_letter_ids_are_never_cut(width: int) -> None:
     assert no_line_wider_than(printed, width)
 
 
-def service(name: str, status: ServiceStatus = "ok") -> ServiceHealth:
+def service(name: str, status: ServiceStatus = "ok", abandoned: int = 37) -> ServiceHealth:
     return ServiceHealth(
         service=name,
         calls=1234,
         errors=12,
         error_rate=12 / 1234,
         failures={"5xx": 12},
-        abandoned=37,
+        abandoned=abandoned,
         p50_ms=12.1,
         p95_ms=118.9,
         p99_ms=1002.2,
@@ -270,6 +270,28 @@ def test_health_drops_the_baseline_then_the_extremes_but_never_a_service_name() 
     for printed in (wide, narrow):
         assert "Microservice A" in printed and "Microservice B" in printed and "1,234" in printed
         assert no_line_wider_than(printed, 80 if printed is narrow else 200)
+
+
+def test_health_shows_abandoned_calls_only_when_some_were() -> None:
+    def report(*services: ServiceHealth) -> HealthReport:
+        return HealthReport(
+            since="2020-05-01T20:00:00.000000Z",
+            until="2020-05-01T20:15:00.000000Z",
+            window_seconds=900,
+            thresholds=HealthThresholds(),
+            services=list(services),
+            edges=[],
+            faulty=[],
+            verdict="no faulty service",
+        )
+
+    none = render(health_view(report(service("A", abandoned=0), service("B", abandoned=0)), 200), 200)
+    some = render(health_view(report(service("A", abandoned=0), service("B", abandoned=5)), 200), 200)
+    assert "ABANDONED" not in none and "P50" in none
+    assert "ABANDONED" in some
+    [a_row] = [line.split() for line in some.splitlines() if line.startswith("A ")]
+    [b_row] = [line.split() for line in some.splitlines() if line.startswith("B ")]
+    assert (a_row[5], b_row[5]) == ("-", "5")
 
 
 def test_key_cells_too_wide_for_one_line_become_records() -> None:

@@ -40,13 +40,16 @@ def _status(service: ServiceHealth) -> Text:
     return shown(service.status, style)
 
 
-_COLUMNS = (
+_COUNTS = (
     Column("service"),
     Column("status"),
     Column("calls", justify="right", labelled=True),
     Column("errors", justify="right", labelled=True),
     Column("error rate", justify="right", labelled=True),
-    Column("abandoned", role="optional", justify="right", drop_order=3, labelled=True),
+)
+#: Shown when some service's clients left before their calls were answered.
+_ABANDONED = Column("abandoned", role="optional", justify="right", drop_order=3, labelled=True)
+_LATENCIES = (
     # On a narrow terminal the baseline goes first, then the extremes.
     Column("p50", role="optional", justify="right", drop_order=2, labelled=True),
     Column("p95", justify="right", labelled=True),
@@ -58,6 +61,7 @@ _COLUMNS = (
 def health_view(report: HealthReport, width: int) -> RenderableType:
     """The report as a table no wider than ``width``, one row per service,
     faulty ones in red."""
+    abandoned = any(service.abandoned for service in report.services)
     rows = [
         [
             shown(service.service, "bold red" if service.status == "faulty" else ""),
@@ -65,7 +69,7 @@ def health_view(report: HealthReport, width: int) -> RenderableType:
             Text(f"{service.calls:,}"),
             Text(f"{service.errors:,}"),
             Text(f"{service.error_rate:.1%}"),
-            Text(f"{service.abandoned:,}" if service.abandoned else "-"),
+            *([Text(f"{service.abandoned:,}" if service.abandoned else "-")] if abandoned else []),
             Text(_ms(service.p50_ms)),
             Text(_ms(service.p95_ms)),
             Text(_ms(service.p99_ms)),
@@ -74,7 +78,8 @@ def health_view(report: HealthReport, width: int) -> RenderableType:
         for service in report.services
     ]
     title = Text(f"service health, {report.since[:19]} to {report.until[:19]} UTC")
-    return fit(_COLUMNS, rows, width, title)
+    columns = (*_COUNTS, *([_ABANDONED] if abandoned else []), *_LATENCIES)
+    return fit(columns, rows, width, title)
 
 
 def health(
