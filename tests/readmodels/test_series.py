@@ -34,12 +34,16 @@ def test_default_steps_give_at_most_sixty_points_in_minutes_then_hours() -> None
 
 def test_points_count_each_step_minute_or_hour(store: SQLiteStore) -> None:
     service = unique_service()
-    # 3 calls a minute for 3 hours, one failure in each hour's first minute.
+    # 3 calls a minute for 3 hours, one failure in each hour's first minute,
+    # one abandoned call in its second.
     calls = []
     for minute in range(180):
         for second in (0, 20, 40):
             status = 500 if minute % 60 == 0 and second == 0 else 200
-            calls.append(a_call(service, T0 + timedelta(minutes=minute, seconds=second), status=status))
+            left = "disconnected" if minute % 60 == 1 and second == 0 else None
+            calls.append(
+                a_call(service, T0 + timedelta(minutes=minute, seconds=second), status=status, error=left)
+            )
     store.append(flat(calls))
     models = read_models_of(store)
     until = T0 + timedelta(hours=3)
@@ -51,7 +55,7 @@ def test_points_count_each_step_minute_or_hour(store: SQLiteStore) -> None:
     hourly = series(models, timedelta(hours=3), timedelta(hours=1), until=until - timedelta(minutes=1))
     [entry] = [s for s in hourly.series if s.service == service]
     assert hourly.step == "1h" and hourly.until == format_moment(until)
-    assert [(p.calls, p.errors) for p in entry.points] == [(180, 1)] * 3
+    assert [(p.calls, p.errors, p.abandoned) for p in entry.points] == [(180, 1, 1)] * 3
     assert all(p.p50_ms == pytest.approx(10.0, rel=0.01) for p in entry.points)
 
 

@@ -429,6 +429,8 @@ class SeriesPoint(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     t: str
     calls: int
     errors: int
+    abandoned: int
+    """Calls whose client left before they were answered (not errors)."""
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None

@@ -142,4 +142,12 @@ def series(
 
 def _point(moment: str, rollup: Rollup) -> SeriesPoint:
     p50, p95, p99 = rollup.quantiles(0.5, 0.95, 0.99)
-    return SeriesPoint(t=moment, calls=rollup.calls, errors=rollup.errors, p50_ms=p50, p95_ms=p95, p99_ms=p99)
+    return SeriesPoint(
+        t=moment,
+        calls=rollup.calls,
+        errors=rollup.errors,
+        abandoned=rollup.abandoned,
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+    )

@@ -377,7 +377,7 @@ function chart(title, points, value, format, faultySince, stepMs) {
           "data-t": point.t,
           "data-calls": String(point.calls),
         },
-        svg("title", { text: `${clock(point.t)} · ${format(v)}` }),
+        svg("title", { text: `${clock(point.t)} · ${format(v)}${point.abandoned ? ` · ${point.abandoned} abandoned` : ""}` }),
       ),
     );
   }
