@@ -381,38 +381,36 @@ def test_a_minute_row_without_its_hour_row_asks_for_a_rebuild(tmp_path: Path) ->
             read_models_of(store).rollups(since, until)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    start=minutes,
-    length=st.integers(min_value=1, max_value=4 * 60),
-    service=st.sampled_from(["Orders", "Stock", "Nobody"]),
-    step=st.sampled_from([None, "1m", "1h"]),
-)
-def test_counts_per_bucket_are_the_ports_summed_by_sqlite(
-    three_hours: SQLiteStore, start: int, length: int, service: str, step: str | None
-) -> None:
+@st.composite
+def walks(draw: st.DrawFn) -> tuple[datetime, datetime, str, str | None]:
+    """A window over the three hours' data (and before and after it), a
+    service (or one never called), and a step (``None``: the window's cover)."""
+    start = draw(minutes)
     since = T0 + timedelta(minutes=start, seconds=start % 7)
-    until = since + timedelta(minutes=length)
+    until = since + timedelta(minutes=draw(st.integers(min_value=1, max_value=4 * 60)))
+    service = draw(st.sampled_from(["Orders", "Stock", "Nobody"]))
+    return since, until, service, draw(st.sampled_from([None, "1m", "1h"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(walk=walks())
+def test_counts_per_bucket_are_the_ports_summed_by_sqlite(
+    three_hours: SQLiteStore, walk: tuple[datetime, datetime, str, str | None]
+) -> None:
+    since, until, service, step = walk
     models = read_models_of(three_hours)
     expected = ReadModels.bucket_counts(models, since, until, service=service, step=step)
     assert models.bucket_counts(since, until, service=service, step=step) == expected
 
 
 @settings(max_examples=100, deadline=None)
-@given(
-    start=minutes,
-    length=st.integers(min_value=1, max_value=4 * 60),
-    service=st.sampled_from(["Orders", "Stock", "Nobody"]),
-    step=st.sampled_from([None, "1m", "1h"]),
-    rate=st.sampled_from([0.0, 0.2, 0.25, 1 / 3, 0.5, 1.0]) | st.floats(0, 1),
-)
+@given(walk=walks(), rate=st.sampled_from([0.0, 0.2, 0.25, 1 / 3, 0.5, 1.0]) | st.floats(0, 1))
 def test_a_services_last_failing_run_is_the_ports_found_by_sqlite(
-    three_hours: SQLiteStore, start: int, length: int, service: str, step: str | None, rate: float
+    three_hours: SQLiteStore, walk: tuple[datetime, datetime, str, str | None], rate: float
 ) -> None:
     """Two callers per service, a quarter of the calls failing: buckets where
     one caller's calls are within the bound and the sum is not."""
-    since = T0 + timedelta(minutes=start, seconds=start % 7)
-    until = since + timedelta(minutes=length)
+    since, until, service, step = walk
     models = read_models_of(three_hours)
     expected = ReadModels.failing_run(models, since, until, service=service, max_error_rate=rate, step=step)
     assert models.failing_run(since, until, service=service, max_error_rate=rate, step=step) == expected
