@@ -148,6 +148,7 @@ def test_a_call_its_client_gave_up_on_is_shown_apart_from_failures(page: Page, t
             expect(row.get_by_test_id("health-abandoned")).to_have_text("1")
             other = page.locator(f'[data-testid=health-row][data-service="{SERVICE_A}"]')
             expect(other.get_by_test_id("health-abandoned")).to_have_text("\u2013")  # an en dash: none
+            screenshot(page, "health-abandoned")
             # The monitor's point of that minute says so.
             page.goto(f"{running.url}#/monitor")
             card = page.locator(f'[data-testid=monitor-card][data-service="{SERVICE_B}"]')
