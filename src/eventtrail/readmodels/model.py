@@ -43,9 +43,9 @@ __all__ = [
     "RollupKey",
     "SeriesPoint",
     "StoredSketch",
-    "abandoned",
     "bucket_range",
     "bucket_start",
+    "client_left",
     "cover",
     "failure_kind",
     "minute_ceiling",
@@ -175,7 +175,7 @@ def failure_kind(event_type_is_error: bool, status: object, error: object) -> st
     return None
 
 
-def abandoned(event_type_is_error: bool, error: object) -> bool:
+def client_left(event_type_is_error: bool, error: object) -> bool:
     """Whether a call's client left before it was answered: counted, with
     its time until then as its latency, and apart (no failure of the
     service's, but a sign of one that keeps its clients waiting)."""

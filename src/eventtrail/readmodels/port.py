@@ -60,9 +60,9 @@ from eventtrail.readmodels.model import (
     RequestSummary,
     Rollup,
     RollupKey,
-    abandoned,
     bucket_range,
     bucket_start,
+    client_left,
     cover,
     failure_kind,
     operation_name,
@@ -268,7 +268,7 @@ class _Plan:
             return
         is_error = event.type == ERROR
         failure = failure_kind(is_error, data.get("status"), data.get("error"))
-        left = abandoned(is_error, data.get("error"))
+        left = client_left(is_error, data.get("error"))
         latency = _latency(data.get("elapsedMs" if is_error else "latencyMs"))
         if key is None:
             self.count(timestamp, event.source, service, UNKNOWN_OPERATION, failure, latency, abandoned=left)
