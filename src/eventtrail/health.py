@@ -1,9 +1,10 @@
 """Service health: per upstream service, how many calls, how many failed, how
 slow, which service is faulty and why, and since when.
 
-Read from the read models (:mod:`eventtrail.readmodels`): per-minute,
-per-hour and per-six-hour rollups, so a window of any length costs a bounded
-number of buckets per service, never a read of its events. Windows are whole minutes:
+Read from the read models (:mod:`eventtrail.readmodels`): rollups per
+minute, hour and six hours (and ten minutes on SQLite), so a window of any
+length costs a bounded number of buckets per service, never a read of its
+events. Windows are whole minutes:
 the window ends at ``until`` rounded up to a minute.
 
 A call counts once, when it ends: a ``MICROSERVICE_RESPONSE`` (failed when its
@@ -42,6 +43,7 @@ import msgspec
 from eventtrail.readmodels.model import (
     FAILURE_KINDS,
     STEPS,
+    WALK_STEPS,
     Rollup,
     RollupKey,
     minute_ceiling,
@@ -65,8 +67,8 @@ __all__ = [
 
 ServiceStatus = Literal["ok", "faulty", "too few calls"]
 
-#: Each stored step's next finer one, where a walk back goes on within a bucket.
-_FINER: dict[str, str] = {coarser: finer for finer, coarser in itertools.pairwise(STEPS)}
+#: Each walked step's next finer one, where a walk back goes on within a bucket.
+_FINER: dict[str, str] = {coarser: finer for finer, coarser in itertools.pairwise(WALK_STEPS)}
 
 
 class HealthThresholds(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

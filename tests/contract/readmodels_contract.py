@@ -33,6 +33,7 @@ from eventtrail.readmodels.model import (
     ALL_TIME_BUCKET,
     STEPS,
     UNKNOWN_OPERATION,
+    WALK_STEPS,
     Changes,
     Rollup,
     RollupKey,
@@ -127,7 +128,7 @@ def snapshot(models: ReadModels, service: str, since: datetime, until: datetime)
     step, per operation and whole, and its requests."""
     buckets = {
         (key.step, key.bucket, key.operation): (rollup.calls, rollup.failures, rollup.sketch.to_bytes())
-        for step in STEPS
+        for step in models.steps
         for operations in (True, False)
         for key, rollup in models.buckets(since, until, service=service, operations=operations, step=step)
         if rollup.calls
@@ -322,7 +323,7 @@ class ReadModelsContract:
         store.append(flat(calls))
         models = self.models(store)
         window = (T0 - timedelta(hours=10), T0 + timedelta(hours=20))
-        for finer, coarser in itertools.pairwise(STEPS):
+        for finer, coarser in itertools.pairwise(models.steps):
             for operations in (False, True):
                 summed: dict[tuple[str, str], Rollup] = {}
                 for key, rollup in models.buckets(
@@ -360,7 +361,7 @@ class ReadModelsContract:
             # The sum of the coarsest step's rows.
             summed = Rollup()
             for _, found in models.buckets(
-                T0 - timedelta(days=1), T0 + timedelta(days=2), service=service, step=list(STEPS)[-1]
+                T0 - timedelta(days=1), T0 + timedelta(days=2), service=service, step=models.steps[-1]
             ):
                 summed.merge(found)
             assert (summed.calls, summed.failures, summed.sketch.counts) == (
@@ -572,7 +573,8 @@ class ReadModelsContract:
         models = self.models(store)
         window = (T0 - timedelta(hours=1), T0 + timedelta(hours=5))
         incremental = snapshot(models, service, *window)
-        for step in STEPS:
+        assert set(WALK_STEPS) <= set(models.steps) <= set(STEPS)
+        for step in models.steps:
             assert (
                 sum(
                     calls

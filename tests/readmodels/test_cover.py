@@ -59,15 +59,16 @@ def test_a_long_window_reads_a_bounded_number_of_ranges_and_buckets() -> None:
     until = datetime(2024, 3, 1, 13, 37, tzinfo=UTC)
     for days in (1, 7, 365, 3650):
         ranges = _check_tiling(until - timedelta(days=days), until)
-        # Minutes and hours at each edge, six hours between: at most 5 ranges,
-        # and the finer buckets at the edges are bounded whatever the length.
-        assert len(ranges) <= 5
+        # Minutes, ten minutes and hours at each edge, six hours between: at
+        # most 7 ranges, and the finer buckets at the edges are bounded
+        # whatever the length.
+        assert len(ranges) <= 7
         finer = sum(
             (moment_of(final) - moment_of(first)) // timedelta(seconds=STEPS[step]) + 1
             for step, first, final in ranges
             if step != "6h"
         )
-        assert finer <= 2 * (59 + 5)
+        assert finer <= 2 * (9 + 5 + 5)
 
 
 def test_the_whole_storable_range_is_covered() -> None:

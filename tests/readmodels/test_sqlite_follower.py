@@ -20,7 +20,6 @@ from eventtrail.embedded.follower import FollowerProcess
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import Event, encode_event
 from eventtrail.readmodels import (
-    PROJECTION_VERSION,
     ReadModels,
     ReadModelsOutdated,
     RequestQuery,
@@ -28,7 +27,7 @@ from eventtrail.readmodels import (
 )
 from eventtrail.readmodels.follower import Follower
 from eventtrail.readmodels.sketch import LatencySketch
-from eventtrail.readmodels.sqlite import read_models_path
+from eventtrail.readmodels.sqlite import SQLiteReadModels, read_models_path
 from tests.cli import run, spawn
 from tests.contract.readmodels_contract import (
     T0,
@@ -281,7 +280,7 @@ def test_the_worker_follower_rebuilds_read_models_of_another_version_then_follow
     events = traffic(service, 300)
     with SQLiteStore(path) as store:
         store.append(events[:400])
-    _set_version(path, PROJECTION_VERSION - 1)
+    _set_version(path, SQLiteReadModels.version - 1)
     with SQLiteStore(path, project=False) as store:
         models = read_models_of(store)
         with pytest.raises(ReadModelsOutdated, match="a running `eventtrail worker` rebuilds them"):
@@ -316,7 +315,7 @@ def test_a_follower_killed_while_rebuilding_leaves_them_as_they_were_and_its_suc
     with SQLiteStore(path) as store:
         for start in range(0, len(events), 1000):
             store.append(events[start : start + 1000])
-    _set_version(path, PROJECTION_VERSION - 1)
+    _set_version(path, SQLiteReadModels.version - 1)
     with SQLiteStore(path, project=False) as store:
         models = read_models_of(store)
         follower = FollowerProcess(path, busy_timeout_ms=10_000).start()
@@ -343,7 +342,7 @@ def test_a_follower_stopped_while_rebuilding_leaves_the_read_models_as_they_were
     service = unique_service()
     with SQLiteStore(path) as store:
         store.append(traffic(service, 50))
-    _set_version(path, PROJECTION_VERSION - 1)
+    _set_version(path, SQLiteReadModels.version - 1)
     with SQLiteStore(path, project=False) as store:
         models = store.read_models
         rows = models._db.execute("SELECT count(*) FROM rm_service_rollups").fetchone()[0]
@@ -365,7 +364,7 @@ def test_a_follower_leaves_read_models_of_a_newer_version_alone(
     service = unique_service()
     with SQLiteStore(path) as store:
         store.append(traffic(service, 20))
-    _set_version(path, PROJECTION_VERSION + 1)
+    _set_version(path, SQLiteReadModels.version + 1)
     with SQLiteStore(path, project=False) as store:
         follower = Follower(store.read_models)
         follower.start()
@@ -373,7 +372,7 @@ def test_a_follower_leaves_read_models_of_a_newer_version_alone(
         assert follower.rebuilt == 0 and follower.folded == 0
     db = sqlite3.connect(read_models_path(path))
     assert db.execute("SELECT value FROM rm_meta WHERE name = 'version'").fetchone() == (
-        PROJECTION_VERSION + 1,
+        SQLiteReadModels.version + 1,
     )
     db.close()
     assert "built by a newer eventtrail" in caplog.text

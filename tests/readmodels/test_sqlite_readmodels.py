@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import Event
-from eventtrail.readmodels import PROJECTION_VERSION, ReadModelsOutdated, RequestQuery, read_models_of
+from eventtrail.readmodels import ReadModelsOutdated, RequestQuery, read_models_of
 from eventtrail.readmodels.model import Rollup
 from eventtrail.readmodels.port import Edge, ReadModels
-from eventtrail.readmodels.sqlite import read_models_path
+from eventtrail.readmodels.sqlite import SQLiteReadModels, read_models_path
 from eventtrail.store import StoreError
 from tests.cli import run
 from tests.contract.readmodels_contract import T0, a_call, all_requests, flat, totals, unique_service
@@ -53,7 +53,9 @@ def test_the_read_models_live_beside_the_store_file_at_the_current_version(tmp_p
     db = sqlite3.connect(read_models_path(path))
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"rm_service_rollups", "rm_operation_rollups", "rm_open_calls", "rm_requests"} <= tables
-    assert db.execute("SELECT value FROM rm_meta WHERE name = 'version'").fetchone() == (PROJECTION_VERSION,)
+    assert db.execute("SELECT value FROM rm_meta WHERE name = 'version'").fetchone() == (
+        SQLiteReadModels.version,
+    )
 
 
 def test_read_models_left_in_the_store_file_by_an_earlier_version_are_dropped(tmp_path: Path) -> None:
@@ -136,11 +138,11 @@ def test_read_models_of_another_version_refuse_to_answer_until_rebuilt(tmp_path:
     service = unique_service()
     with SQLiteStore(path) as store:
         store.append(flat([a_call(service, T0 + timedelta(seconds=i), status=500) for i in range(5)]))
-    _forget_read_models(path, version=PROJECTION_VERSION - 1)
+    _forget_read_models(path, version=SQLiteReadModels.version - 1)
     with SQLiteStore(path) as store:
         models = read_models_of(store)
         with pytest.raises(
-            ReadModelsOutdated, match=rf"are version {PROJECTION_VERSION - 1}.*run `eventtrail rebuild`"
+            ReadModelsOutdated, match=rf"are version {SQLiteReadModels.version - 1}.*run `eventtrail rebuild`"
         ):
             models.rollups(*HOUR)
         # Events still go in (not into stale shapes); a rebuild counts them all.
@@ -195,7 +197,7 @@ def test_rebuild_command(tmp_path: Path) -> None:
     service = unique_service()
     with SQLiteStore(tmp_path / "events.db") as store:
         store.append(flat([a_call(service, T0 + timedelta(minutes=i), status=503) for i in range(90)]))
-    _forget_read_models(tmp_path / "events.db", version=PROJECTION_VERSION + 1)
+    _forget_read_models(tmp_path / "events.db", version=SQLiteReadModels.version + 1)
     outdated = run(tmp_path, "health", "--until", (T0 + timedelta(hours=2)).isoformat())
     assert outdated.returncode == 1
     assert "run `eventtrail rebuild`" in outdated.stderr and "Traceback" not in outdated.stderr
@@ -359,7 +361,7 @@ def test_a_windows_statements_read_indexes_only(three_hours: SQLiteStore) -> Non
     finally:
         three_hours.read_models._db.set_trace_callback(None)
     readers = [sql for sql in dict.fromkeys(statements) if "rm_service_rollups" in sql]
-    assert any("UNION ALL" in sql for sql in readers) and any("LIMIT 1" in sql for sql in readers)
+    assert any("UNION ALL" in sql for sql in readers) and any("max(bucket)" in sql for sql in readers)
     for sql in readers:
         plan = [row[3] for row in three_hours.read_models._db.execute(f"EXPLAIN QUERY PLAN {sql}")]
         assert all("TEMP B-TREE" not in step and not step.startswith("SCAN") for step in plan), (sql, plan)

@@ -32,6 +32,7 @@ __all__ = [
     "PROJECTION_VERSION",
     "STEPS",
     "UNKNOWN_OPERATION",
+    "WALK_STEPS",
     "CallKey",
     "Changes",
     "OpenCall",
@@ -47,6 +48,7 @@ __all__ = [
     "bucket_start",
     "client_left",
     "cover",
+    "cover_minutes",
     "failure_kind",
     "minute_ceiling",
     "minute_floor",
@@ -57,17 +59,30 @@ __all__ = [
 
 #: The shape of every read model. A store whose read models carry another
 #: version refuses to read them until they are rebuilt from the events.
-#: 3: rollups count the calls their clients abandoned.
+#: 3: rollups count the calls their clients abandoned. A backend may keep
+#: more than every backend does (its own rows): it then has a version of its
+#: own (:attr:`~eventtrail.readmodels.port.ReadModels.version`).
 PROJECTION_VERSION = 3
 
 #: How a call can fail: a 5xx response, or one of the gateway's error kinds
 #: (``error`` is any other failure).
 FAILURE_KINDS: tuple[str, ...] = ("5xx", *ERROR_KINDS)
 
-#: The steps at which rollups are kept, in seconds, finest first. Each step
-#: divides the next, and six hours divide a day (so that buckets of every step
-#: start on the step's multiples since the epoch and on a day's bounds).
-STEPS: dict[str, int] = {"1m": 60, "1h": 3600, "6h": 6 * 3600}
+#: The steps at which rollups may be kept, in seconds, finest first. Each
+#: step divides the next, and six hours divide a day (so that buckets of
+#: every step start on the step's multiples since the epoch and on a day's
+#: bounds). Every backend keeps those of :data:`WALK_STEPS`; ten minutes
+#: keep the edges of a window cheap wherever they fall in their hours, where
+#: a row read costs more than a row written (SQLite: on DynamoDB each range
+#: of a window is queries of its own, and each row a write per batch).
+STEPS: dict[str, int] = {"1m": 60, "10m": 600, "1h": 3600, "6h": 6 * 3600}
+
+#: The steps every backend keeps, and whose buckets a walk back in time
+#: judges, finest first (the buckets covering a window, then the finer
+#: buckets within the one where a run starts: a bucket is judged on all its
+#: calls, so every step between the minute and the run's coarse bucket would
+#: be one more bucket in which the run's first minutes may be outweighed).
+WALK_STEPS: tuple[str, ...] = ("1m", "1h", "6h")
 
 #: The operation of the rollup rows that count every operation of a service.
 ALL_OPERATIONS = "*"
@@ -190,6 +205,8 @@ def bucket_start(timestamp: str, step: str) -> str:
     fixed-width form, which string slicing keeps)."""
     if step == "1m":
         return timestamp[:16] + ":00.000000Z"
+    if step == "10m":
+        return timestamp[:15] + "0:00.000000Z"
     if step == "1h":
         return timestamp[:13] + ":00:00.000000Z"
     if step == "6h":
@@ -242,16 +259,34 @@ def bucket_range(since: datetime, until: datetime, step: str) -> tuple[str, str]
     return first, last
 
 
-def cover(since: datetime, until: datetime) -> tuple[tuple[str, str, str], ...]:
+def cover(
+    since: datetime, until: datetime, steps: tuple[str, ...] = tuple(STEPS)
+) -> tuple[tuple[str, str, str], ...]:
     """The fewest stored buckets that cover ``[since, until)``, widened to
     whole minutes: ``(step, first bucket, last bucket)`` ranges in time
     order, the coarsest step's buckets in the middle and finer ones towards
     the edges (minutes at the very edges), so that the number of buckets read
-    is bounded whatever the window. Works up to the last minute of year
-    9999. Pure, and asked for several times per reader call: cached."""
+    is bounded whatever the window; with the buckets of ``steps`` only (the
+    minute first). Works up to the last minute of year 9999. Pure, and asked
+    for several times per reader call: cached."""
     if until <= since:
         return ()
-    return _cover(_floor(since, 60), _floor(until - timedelta(microseconds=1), 60), tuple(STEPS.items()))
+    return cover_minutes(_floor(since, 60), _floor(until - timedelta(microseconds=1), 60), steps)
+
+
+def cover_minutes(
+    first: datetime, last: datetime, steps: tuple[str, ...] = tuple(STEPS)
+) -> tuple[tuple[str, str, str], ...]:
+    """:func:`cover` of the whole minutes ``first`` to ``last``, both
+    included (the minute after the last may be past year 9999)."""
+    if last < first:
+        return ()
+    return _cover(first, last, _sizes(steps))
+
+
+@functools.cache
+def _sizes(steps: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    return tuple((step, STEPS[step]) for step in steps)
 
 
 _MINUTE = timedelta(minutes=1)

@@ -38,7 +38,7 @@ import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import msgspec
 
@@ -52,6 +52,7 @@ from eventtrail.readmodels.model import (
     PROJECTION_VERSION,
     STEPS,
     UNKNOWN_OPERATION,
+    WALK_STEPS,
     CallKey,
     Changes,
     OpenCall,
@@ -180,8 +181,10 @@ class _Plan:
         open_calls: dict[CallKey, OpenCall],
         states: dict[str, RequestState],
         counting_from: str | None,
+        steps: tuple[str, ...],
     ) -> None:
         self.changes = Changes()
+        self.steps = steps
         self.open_calls: dict[CallKey, OpenCall | None] = dict(open_calls)
         self.stored_calls = set(open_calls)
         self.states = states
@@ -351,7 +354,7 @@ class _Plan:
     def finish(self) -> Changes:
         changes = self.changes
         for (prefix, caller, service, operation, with_total), cell in self.cells.items():
-            for step in STEPS:
+            for step in self.steps:
                 bucket = bucket_start(prefix, step)
                 changes.rollup(RollupKey(step, bucket, caller, service, operation)).merge(cell)
                 if with_total:
@@ -377,6 +380,14 @@ class ReadModels(abc.ABC):
     :meth:`_read_rollups`, :meth:`_find_requests`, :meth:`_stored_version`
     and :meth:`_replaying`. Everything else is shared.
     """
+
+    #: The steps at which this backend keeps rollups: those of
+    #: :data:`~eventtrail.readmodels.model.WALK_STEPS` at least, the coarsest
+    #: of :data:`~eventtrail.readmodels.model.STEPS` last.
+    steps: ClassVar[tuple[str, ...]] = WALK_STEPS
+    #: The shape of its read models (:data:`PROJECTION_VERSION` unless it
+    #: keeps rows of its own).
+    version: ClassVar[int] = PROJECTION_VERSION
 
     # ------------------------------------------------------------ writing
 
@@ -417,6 +428,7 @@ class ReadModels(abc.ABC):
             self._open_calls(keys) if keys else {},
             self._request_states(request_ids) if request_ids else {},
             counting_from,
+            self.steps,
         )
         for event in calls:
             plan.fold(event)
@@ -482,29 +494,29 @@ class ReadModels(abc.ABC):
     def _stored_version(self) -> int | None:
         """The projection version the stored read models were built with
         (``None``: never built, on a store that holds events). A new, empty
-        store starts at :data:`PROJECTION_VERSION`."""
+        store starts at :attr:`version`."""
 
     #: Who makes read models of another shape current (what a reader says).
     rebuilt_by = "run `eventtrail rebuild`"
 
     def is_current(self) -> bool:
-        return self._stored_version() == PROJECTION_VERSION
+        return self._stored_version() == self.version
 
     def is_older(self) -> bool:
         """Whether the read models were built by an older eventtrail (or
         never): a rebuild makes them current. Newer ones are left alone."""
         version = self._stored_version()
-        return version is None or version < PROJECTION_VERSION
+        return version is None or version < self.version
 
     def check(self) -> None:
         """Raise :class:`ReadModelsOutdated` unless the read models can be read."""
         version = self._stored_version()
-        if version == PROJECTION_VERSION:
+        if version == self.version:
             return
         found = "were never built" if version is None else f"are version {version}"
         raise ReadModelsOutdated(
             f"the read models of this store {found}; this eventtrail reads version"
-            f" {PROJECTION_VERSION}: {self.rebuilt_by} (the events are all there)"
+            f" {self.version}: {self.rebuilt_by} (the events are all there)"
         )
 
     # ------------------------------------------------------------ replay
@@ -583,7 +595,7 @@ class ReadModels(abc.ABC):
         in time order (timestamp, then id), in batches; the port applies each
         batch with the primitives above.
 
-        On leaving without error: record :data:`PROJECTION_VERSION` as the
+        On leaving without error: record :attr:`version` as the
         stored version and make everything durable. Nothing else may change
         the read models meanwhile (SQLite: one write transaction; a backend
         without one marks the read models as being rebuilt, so that
@@ -626,7 +638,7 @@ class ReadModels(abc.ABC):
         bounded number of buckets per edge, whatever the window."""
         self.check()
         totals: dict[Edge, Rollup] = {}
-        for step, first, last in cover(since, until):
+        for step, first, last in cover(since, until, self.steps):
             for key, rollup in self._read_rollups(step, first, last, service=service, operations=operations):
                 edge = (key.caller, key.service, key.operation)
                 found = totals.get(edge)
@@ -668,12 +680,13 @@ class ReadModels(abc.ABC):
     def covering(
         self, since: datetime, until: datetime, *, service: str | None = None
     ) -> list[tuple[RollupKey, Rollup]]:
-        """The per-service rows of the fewest buckets covering ``[since,
+        """The per-service rows of the fewest buckets of
+        :data:`~eventtrail.readmodels.model.WALK_STEPS` covering ``[since,
         until)`` (see :func:`~eventtrail.readmodels.model.cover`), unmerged:
         what a walk back in time over a long window reads."""
         self.check()
         rows: list[tuple[RollupKey, Rollup]] = []
-        for step, first, last in cover(since, until):
+        for step, first, last in cover(since, until, WALK_STEPS):
             rows += self._read_rollups(step, first, last, service=service, operations=False)
         return rows
 

@@ -65,11 +65,12 @@ def step_name(step: timedelta) -> str:
     raise ValueError("a step is a whole number of minutes")
 
 
-def _stored_step(since: datetime, seconds: float) -> str:
-    """The coarsest stored step that divides ``seconds`` and whose buckets
-    start on ``since``: every point is then whole buckets of it."""
+def _stored_step(since: datetime, seconds: float, steps: tuple[str, ...]) -> str:
+    """The coarsest of the stored ``steps`` that divides ``seconds`` and whose
+    buckets start on ``since``: every point is then whole buckets of it."""
     found = "1m"
-    for name, size in STEPS.items():
+    for name in steps:
+        size = STEPS[name]
         if seconds % size == 0 and since.timestamp() % size == 0:
             found = name
     return found
@@ -105,7 +106,7 @@ def series(
     except ValueError as error:
         raise BadSeries("until", str(error)) from None
     rows = models.buckets(
-        since, end, service=service, operations=operations, step=_stored_step(since, seconds)
+        since, end, service=service, operations=operations, step=_stored_step(since, seconds, models.steps)
     )
     grouped: dict[tuple[str, str], list[Rollup | None]] = {}
     for key, rollup in rows:

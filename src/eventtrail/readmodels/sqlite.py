@@ -32,15 +32,14 @@ lock; the primitives never take it (they run under it).
 
 from __future__ import annotations
 
-import functools
 import heapq
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
@@ -58,6 +57,8 @@ from eventtrail.readmodels.model import (
     ALL_OPERATIONS,
     FAILURE_KINDS,
     PROJECTION_VERSION,
+    STEPS,
+    WALK_STEPS,
     CallKey,
     Changes,
     OpenCall,
@@ -69,7 +70,9 @@ from eventtrail.readmodels.model import (
     StoredSketch,
     bucket_range,
     cover,
+    minute_range,
 )
+from eventtrail.readmodels.pieces import Piece, window_pieces
 from eventtrail.readmodels.port import (
     CALL_EVENT_TYPES,
     BucketCount,
@@ -82,7 +85,6 @@ from eventtrail.readmodels.port import (
     RequestPage,
 )
 from eventtrail.readmodels.sketch import LatencySketch, SketchSum
-from eventtrail.times import format_moment, moment_of
 
 __all__ = ["SQLiteReadModels", "read_models_path"]
 
@@ -189,9 +191,10 @@ _decode_state = msgspec.msgpack.Decoder(RequestState).decode
 
 def _count_ranges(since: datetime, until: datetime, step: str | None) -> list[tuple[str, str, str]]:
     """The ``(step, first, last)`` bucket ranges that the walk's counts read:
-    those of :func:`cover`, or the ``step`` buckets of the window."""
+    those of :func:`cover` at :data:`WALK_STEPS`, or the ``step`` buckets of
+    the window."""
     if step is None:
-        return list(cover(since, until))
+        return list(cover(since, until, WALK_STEPS))
     found = bucket_range(since, until, step)
     return [(step, *found)] if found is not None else []
 
@@ -215,42 +218,9 @@ def _create_tables(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-@functools.lru_cache(maxsize=256)
-def _hour_pieces(first: str, last: str) -> tuple[tuple[str, str, str], ...]:
-    """``(hour, first minute, last minute)`` of each hour that the minute
-    buckets ``[first, last]`` touch. Pure, and asked for on every read of a
-    window's edges: cached."""
-    pieces = []
-    moment, end = moment_of(first), moment_of(last)
-    while moment <= end:
-        hour = moment.replace(minute=0)
-        hour_last = hour + timedelta(minutes=59)
-        pieces.append((format_moment(hour), format_moment(moment), format_moment(min(hour_last, end))))
-        if hour_last >= end:
-            break
-        moment = hour + timedelta(hours=1)
-    return tuple(pieces)
-
-
-def _minute_of(hour: str, minute: int) -> str:
-    """The bucket of the ``minute`` of the hour bucket ``hour``."""
-    return f"{hour[:14]}{minute:02d}:00.000000Z"
-
-
 #: A rollup row as :meth:`SQLiteReadModels._summed` reads it: its piece's tag,
 #: its edge, its counts, then its sketch.
 _RollupRow = tuple[Any, ...]
-
-
-class _Piece(NamedTuple):
-    """Rollup rows of ``step`` with ``first <= bucket <= last``, less the
-    minute rows of each ``(first, last)`` of ``outside`` (an hour row read
-    for part of its hour)."""
-
-    step: str
-    first: str
-    last: str
-    outside: tuple[tuple[str, str], ...] = ()
 
 
 def _time_order(row: Row) -> tuple[str, str]:
@@ -284,6 +254,9 @@ class SQLiteReadModels(ReadModels):
 
     # The worker's follower rebuilds read models of an older shape by itself.
     rebuilt_by = "a running `eventtrail worker` rebuilds them, or run `eventtrail rebuild`"
+    # Ten-minute rows too: a window's edges are read from them (readmodels/pieces.py).
+    steps = tuple(STEPS)
+    version = PROJECTION_VERSION + 1
 
     def __init__(
         self,
@@ -329,7 +302,7 @@ class SQLiteReadModels(ReadModels):
                     if fresh and not self._holds_events():
                         db.execute(
                             "INSERT OR IGNORE INTO rm_meta (name, value) VALUES ('version', ?)",
-                            (PROJECTION_VERSION,),
+                            (self.version,),
                         )
 
     def _guard(self, doing: str) -> AbstractContextManager[None]:
@@ -351,7 +324,7 @@ class SQLiteReadModels(ReadModels):
         if row is None:
             # Nothing built yet: as good as current while there is nothing
             # to build from (a reader of a store no writer opened yet).
-            return None if self._holds_events() else PROJECTION_VERSION
+            return None if self._holds_events() else self.version
         return int(row[0])
 
     def _rollups_lack_abandoned(self) -> bool:
@@ -627,9 +600,7 @@ class SQLiteReadModels(ReadModels):
                 (*CALL_EVENT_TYPES, since, newest),
             ).fetchone()
             yield Replay(self._replay_batches(since, newest), int(total))
-            db.execute(
-                "INSERT OR REPLACE INTO rm_meta (name, value) VALUES ('version', ?)", (PROJECTION_VERSION,)
-            )
+            db.execute("INSERT OR REPLACE INTO rm_meta (name, value) VALUES ('version', ?)", (self.version,))
             self._set_position(newest)
 
     def _clear(self, cut: str | None, join_from: str | None) -> None:
@@ -735,77 +706,55 @@ class SQLiteReadModels(ReadModels):
     def rollups(
         self, since: datetime, until: datetime, *, service: str | None = None, operations: bool = False
     ) -> dict[Edge, Rollup]:
-        """As the port's, reading fewer rows: a partial hour at an edge of the
-        window is read as its hour row when no stored minute row of that hour
-        lies outside the window (a window that ends now: one probe decides),
-        or as its hour row less the minutes outside when those span fewer
-        minutes than the window's part; every row comes from one statement,
-        and rows are summed without building a sketch per row. An hour row is
-        the sum of its minute rows, so the totals are the same; the latency
-        bounds of an hour read less some of its minutes are the hour's (wider
-        than the window's: still bounds)."""
+        """As the port's, reading fewer rows: at each edge of the window, a
+        bucket that sticks out of it may be read less its part outside
+        (:func:`window_pieces`; one probe finds the stored minutes nearest to
+        the window, so that a bucket sticking out where nothing is stored is
+        read whole, as at the end of a window that ends now); every row
+        comes from one statement, and rows are summed without building a
+        sketch per row. A bucket's row is the sum of its finer rows, so the
+        totals are the same; the latency bounds of a bucket read less a part
+        are the bucket's (wider than the window's: still bounds)."""
         with self._guard("cannot read the read models"), self._lock:
             self.check()
             table = "rm_operation_rollups" if operations else "rm_service_rollups"
+            first, last = minute_range(since, until)
+            if first > last:
+                return {}
             try:
-                parts = [
-                    part
-                    for step, first, last in cover(since, until)
-                    for part in (
-                        [_Piece(step, first, last)]
-                        if step != "1m"
-                        else self._cheapest_minutes(table, first, last, service)
-                    )
-                ]
-                return self._summed(table, parts, service)
+                before, after = self._stored_around(table, first, last, service)
+                return self._summed(table, window_pieces(first, last, before, after), service)
             except sqlite3.OperationalError:
                 if self._holds_events() or self._has_tables():
                     raise
                 return {}
 
-    def _cheapest_minutes(self, table: str, first: str, last: str, service: str | None) -> list[_Piece]:
-        """Pieces whose sum is the minute rows of ``[first, last]``: per hour,
-        its minutes, or its hour row (less the minutes outside the range when
-        some are stored), whichever reads fewer rows."""
-        parts: list[_Piece] = []
-        for hour, start, end in _hour_pieces(first, last):
-            if start == end:
-                parts.append(_Piece("1m", start, end))
-                continue
-            start_minute, end_minute = int(start[14:16]), int(end[14:16])
-            outside = [(hour, _minute_of(hour, start_minute - 1))] if start_minute > 0 else []
-            outside += [(_minute_of(hour, end_minute + 1), _minute_of(hour, 59))] if end_minute < 59 else []
-            if not any(self._has_minutes(table, *edges, service) for edges in outside):
-                # The whole hour, or no stored minute of it is outside (a
-                # window that ends now).
-                parts.append(_Piece("1h", hour, hour))
-            elif 60 - (end_minute - start_minute) < end_minute - start_minute + 1:
-                # Fewer minutes outside than inside: an edge called every
-                # minute has a row in each (a wrong guess costs rows, not totals).
-                parts.append(_Piece("1h", hour, hour, tuple(outside)))
-            else:
-                parts.append(_Piece("1m", start, end))
-        return parts
+    def _stored_around(
+        self, table: str, first: str, last: str, service: str | None
+    ) -> tuple[str | None, str | None]:
+        """The newest stored minute before ``first`` and the oldest after
+        ``last`` (of ``service`` where an index has it first; of any service
+        otherwise, which only makes the guess more careful)."""
+        only = " AND service = ?" if service is not None and table == "rm_service_rollups" else ""
+        found = dict(
+            self._db.execute(
+                f"SELECT 0, max(bucket) FROM {table} WHERE step = '1m' AND bucket < ?{only}"
+                f" UNION ALL SELECT 1, min(bucket) FROM {table} WHERE step = '1m' AND bucket > ?{only}",
+                [first, service, last, service] if only else [first, last],
+            ).fetchall()
+        )
+        return found[0], found[1]
 
-    def _has_minutes(self, table: str, first: str, last: str, service: str | None) -> bool:
-        """Whether a minute row with ``first <= bucket <= last`` is stored."""
-        sql = f"SELECT 1 FROM {table} WHERE step = '1m' AND bucket >= ? AND bucket <= ?"
-        parameters: list[object] = [first, last]
-        if service is not None:
-            sql += " AND service = ?"
-            parameters.append(service)
-        return self._db.execute(sql + " LIMIT 1", parameters).fetchone() is not None
-
-    def _summed(self, table: str, parts: list[_Piece], service: str | None) -> dict[Edge, Rollup]:
+    def _summed(self, table: str, parts: Sequence[Piece], service: str | None) -> dict[Edge, Rollup]:
         """The rows of ``parts`` summed per edge, read with one statement: a
         row's first column is its piece's number, doubled, plus one for a
-        minute row to take away from its edge's hour row."""
+        row to take away from its edge's row of the piece's bucket."""
         selects: list[str] = []
         parameters: list[object] = []
         only = " AND service = ?" if service is not None else ""
         for number, part in enumerate(parts):
             ranges = [(2 * number, part.step, part.first, part.last)]
-            ranges += [(2 * number + 1, "1m", first, last) for first, last in part.outside]
+            ranges += [(2 * number + 1, *outside) for outside in part.outside]
             for tag, step, first, last in ranges:
                 selects.append(
                     f"SELECT {tag}, caller, service, operation, {_COUNT_COLUMNS}, sketch"
@@ -814,36 +763,37 @@ class SQLiteReadModels(ReadModels):
                 parameters += [step, first, last] if service is None else [step, first, last, service]
         if not selects:
             return {}
-        # Per edge, its rows; and per (piece, edge), an hour row read for
-        # part of its hour and the minute rows to take away from it: a minute
-        # row is taken away from its own hour row's sketch, whose fields hold it.
+        # Per edge, its rows; and per (piece, edge), the row of a bucket read
+        # for its part inside the window and the finer rows to take away from
+        # it: a finer row is taken away from its own bucket's sketch, whose
+        # fields hold it.
         added: dict[Edge, list[_RollupRow]] = {}
-        hour_rows: dict[tuple[int, Edge], _RollupRow] = {}
+        bucket_rows: dict[tuple[int, Edge], _RollupRow] = {}
         taken_away: dict[tuple[int, Edge], list[_RollupRow]] = {}
         for row in self._db.execute(" UNION ALL ".join(selects), parameters):
             tag, edge = row[0], row[1:4]
             if tag % 2:
                 taken_away.setdefault((tag - 1, edge), []).append(row)
             elif parts[tag // 2].outside:
-                hour_rows[tag, edge] = row
+                bucket_rows[tag, edge] = row
             else:
                 added.setdefault(edge, []).append(row)
         trimmed: dict[Edge, list[tuple[list[int], SketchSum]]] = {}
         for key, rows in taken_away.items():
-            hour_row = hour_rows.pop(key, None)
-            if hour_row is None:
+            bucket_row = bucket_rows.pop(key, None)
+            if bucket_row is None:
                 raise ReadModelsOutdated(
-                    "the read models are damaged (a minute row without its hour row):"
+                    "the read models are damaged (a row without the row of its coarser bucket):"
                     " run `eventtrail rebuild`"
                 )
             total = SketchSum()
-            total.add(hour_row[-1])
+            total.add(bucket_row[-1])
             for row in rows:
                 total.subtract(row[-1])
             away = map(sum, zip(*(row[4:-1] for row in rows), strict=True))
-            counts = [kept - taken for kept, taken in zip(hour_row[4:-1], away, strict=True)]
+            counts = [kept - taken for kept, taken in zip(bucket_row[4:-1], away, strict=True)]
             trimmed.setdefault(key[1], []).append((counts, total))
-        for (_, edge), row in hour_rows.items():
+        for (_, edge), row in bucket_rows.items():
             added.setdefault(edge, []).append(row)
         totals: dict[Edge, Rollup] = {}
         for edge in added.keys() | trimmed.keys():
