@@ -68,3 +68,29 @@ def test_a_child_is_terminated_when_its_parent_is_killed(how: str) -> None:
         parent.wait()
         if "child" in locals() and _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+# The parent of a shielded child: its first process, as the gateway's queue
+# process and `up`'s worker are (multiprocessing's resource tracker is not
+# running yet). The child reports the signals it was started with blocked.
+SHIELDED_PARENT = """
+import multiprocessing, signal, sys
+from eventtrail.processes import start_shielded
+
+def report(path):
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    with open(path, "w") as out:
+        out.write(" ".join(sorted(sig.name for sig in blocked)))
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=report, args=(sys.argv[1],))
+    start_shielded(child, deferring=(signal.SIGTERM,))
+    child.join()
+"""
+
+
+def test_a_shielded_child_starts_with_sigint_and_its_deferred_signals_blocked(tmp_path: Path) -> None:
+    parent, found = tmp_path / "parent.py", tmp_path / "blocked"
+    parent.write_text(SHIELDED_PARENT)
+    subprocess.run([sys.executable, str(parent), str(found)], check=True, timeout=60)
+    assert found.read_text().split() == ["SIGINT", "SIGTERM"]

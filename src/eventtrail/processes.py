@@ -5,7 +5,11 @@ Ctrl-C signals the whole foreground process group, children included. A
 child that its parent stops in order (the gateway's queue process, the
 read-model follower) must not die of it halfway, not even while it is still
 importing, before it can ignore SIGINT itself: it is started with SIGINT
-blocked, a mask that survives exec, and ignores it once running.
+blocked, a mask that survives exec, and ignores it once running. A child
+that its parent stops with a signal (``up``'s worker, told to drain by
+SIGTERM) is started with that signal blocked as well, and takes it once its
+handler is set (:func:`take_deferred`): sent while the child still imports,
+it waits for the handler instead of killing the child before it drained.
 
 A parent killed by SIGKILL stops nothing in order; a child that asked for it
 (:func:`terminate_with_parent`) then gets SIGTERM from the kernel instead of
@@ -17,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 
-__all__ = ["ignore_interrupts", "start_shielded", "terminate_with_parent"]
+__all__ = ["ignore_interrupts", "start_shielded", "take_deferred", "terminate_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -45,14 +50,25 @@ def terminate_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start_shielded(process: BaseProcess) -> None:
+def start_shielded(process: BaseProcess, *, deferring: Collection[signal.Signals] = ()) -> None:
     """Start ``process`` with SIGINT blocked until it ignores it itself
-    (:func:`ignore_interrupts`, first thing in its target)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    (:func:`ignore_interrupts`, first thing in its target), and the signals
+    of ``deferring`` blocked until it handles them (:func:`take_deferred`)."""
+    # Starting a process may first start multiprocessing's resource tracker,
+    # which unblocks SIGINT and SIGTERM in this thread once it runs: started
+    # before the mask is set, it leaves the mask alone.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *deferring})
     try:
         process.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def take_deferred(*signals: signal.Signals) -> None:
+    """In the child, once its handlers of ``signals`` are set: take those
+    signals, one sent meanwhile first."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signals))
 
 
 def ignore_interrupts() -> None:

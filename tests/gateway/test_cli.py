@@ -15,7 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from eventtrail.config import load_settings, open_queue
 from eventtrail.embedded.store import SQLiteStore
+from eventtrail.event import encode_event
+from tests.contract.store_contract import make_event
 from tests.servers import free_port, wait_for_port
 
 BIG = 100 * 1024 * 1024
@@ -203,3 +206,35 @@ def test_a_taken_port_is_one_line_before_anything_listens(tmp_path: Path, upstre
                     f"error: port {port} on 127.0.0.1 is taken (another program listens there)"
                     " (--port 0 picks a free one)"
                 ], (command, workers)
+
+
+def test_up_stopped_while_its_worker_starts_still_stores_what_is_queued(tmp_path: Path) -> None:
+    """``up``'s stop is SIGTERM to its worker, which then drains: sent while
+    the worker is still importing, it waits for the worker's handler instead
+    of killing it with the queue undrained. In a fresh interpreter, as ``up``
+    runs: its worker is the first process it starts."""
+    settings = load_settings({"backend": "local", "data_dir": str(tmp_path)}, environ={})
+    events = [make_event() for _ in range(3)]
+    with open_queue(settings) as queue:
+        queue.send([encode_event(event).decode() for event in events])
+    script = (
+        "from eventtrail.cli.gateway import _WorkerSupervisor\n"
+        "from eventtrail.config import load_settings\n"
+        "if __name__ == '__main__':\n"
+        f"    settings = load_settings({{'backend': 'local', 'data_dir': {str(tmp_path)!r}}}, environ={{}})\n"
+        "    supervisor = _WorkerSupervisor(settings)\n"
+        "    supervisor.start()\n"
+        "    supervisor.stop()  # at once: the worker has not imported eventtrail yet\n"
+        "    print(supervisor.restarts)\n"
+    )
+    path = tmp_path / "stop_at_once.py"
+    path.write_text(script)
+    done = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    assert "worker: drained, 3 stored on the way out" in done.stderr
+    with SQLiteStore(settings.store_path, read_only=True) as store:
+        assert store.count() == len(events)
+        assert [stored.id for stored in store.flow(events[0].request_id)] == [events[0].id]

@@ -26,7 +26,7 @@ from eventtrail.cli.common import (
 )
 from eventtrail.cli.render import plural, shown
 from eventtrail.config import Settings, open_queue, open_store, start_follower
-from eventtrail.processes import ignore_interrupts, start_shielded
+from eventtrail.processes import ignore_interrupts, start_shielded, take_deferred
 from eventtrail.queue import QueueError
 from eventtrail.retry import Backoff
 from eventtrail.store import StoreError
@@ -153,6 +153,9 @@ def _work(settings: Settings) -> None:
     ignore_interrupts()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    # A SIGTERM sent while this process started (an `up` stopped at once)
+    # waited, blocked, for the handler: it drains what is queued too.
+    take_deferred(signal.SIGTERM)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     follower = start_follower(settings)
     try:
@@ -202,7 +205,7 @@ class _WorkerSupervisor:
             if self._stopping.is_set():
                 return
             process = self._context.Process(target=_work, args=(self.settings,), name="eventtrail-worker")
-            start_shielded(process)
+            start_shielded(process, deferring=(signal.SIGTERM,))
             self._process, self._started_at = process, time.monotonic()
         err_console.print(f"worker: started (pid {process.pid})")
 
