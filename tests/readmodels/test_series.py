@@ -91,6 +91,28 @@ def test_steps_of_six_hours_read_six_hour_rows_and_count_the_same(store: SQLiteS
     assert sum(p.calls for p in entry.points) == 144
 
 
+def test_steps_of_thirty_minutes_read_ten_minute_rows_on_sqlite(store: SQLiteStore) -> None:
+    service = unique_service()
+    calls = [a_call(service, T0 + timedelta(minutes=3 * index)) for index in range(60)]  # 3 hours
+    store.append(flat(calls))
+    models = read_models_of(store)
+    until = T0 + timedelta(hours=3)
+    statements: list[str] = []
+    store.read_models._db.set_trace_callback(statements.append)
+    try:
+        halves = series(models, timedelta(hours=3), timedelta(minutes=30), until=until, service=service)
+    finally:
+        store.read_models._db.set_trace_callback(None)
+    assert any("step = '10m'" in sql for sql in statements), statements
+    minutes = series(models, timedelta(hours=3), timedelta(minutes=1), until=until, service=service)
+    [entry], [each] = halves.series, minutes.series
+    assert (
+        [p.calls for p in entry.points]
+        == [sum(p.calls for p in each.points[index : index + 30]) for index in range(0, 180, 30)]
+        == [10] * 6
+    )
+
+
 @pytest.mark.parametrize(
     ("window", "step", "parameter"),
     [
