@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,7 +10,7 @@ import pytest
 
 from eventtrail.embedded.store import SQLiteStore
 from eventtrail.readmodels import read_models_of
-from eventtrail.readmodels.series import BadSeries, default_step, series
+from eventtrail.readmodels.series import BadSeries, SeriesReport, default_step, series
 from eventtrail.times import format_moment
 from tests.contract.readmodels_contract import T0, a_call, flat, unique_service
 
@@ -19,6 +19,16 @@ from tests.contract.readmodels_contract import T0, a_call, flat, unique_service
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     with SQLiteStore(tmp_path / "events.db") as store:
         yield store
+
+
+def _traced(store: SQLiteStore, read: Callable[[], SeriesReport]) -> tuple[SeriesReport, list[str]]:
+    """What ``read`` returned, and the statements it ran on the read models."""
+    statements: list[str] = []
+    store.read_models._db.set_trace_callback(statements.append)
+    try:
+        return read(), statements
+    finally:
+        store.read_models._db.set_trace_callback(None)
 
 
 def test_default_steps_give_at_most_sixty_points_in_minutes_then_hours() -> None:
@@ -69,12 +79,9 @@ def test_steps_of_six_hours_read_six_hour_rows_and_count_the_same(store: SQLiteS
     store.append(flat(calls))
     models = read_models_of(store)
     until = T0 + timedelta(hours=26)  # 12:00 the next day: six-hour buckets from 12:00
-    statements: list[str] = []
-    store.read_models._db.set_trace_callback(statements.append)
-    try:
-        coarse = series(models, timedelta(hours=24), timedelta(hours=6), until=until, service=service)
-    finally:
-        store.read_models._db.set_trace_callback(None)
+    coarse, statements = _traced(
+        store, lambda: series(models, timedelta(hours=24), timedelta(hours=6), until=until, service=service)
+    )
     assert any("step = '6h'" in sql for sql in statements), statements
     hourly = series(models, timedelta(hours=24), timedelta(hours=1), until=until, service=service)
     [entry], [hours] = coarse.series, hourly.series
@@ -97,12 +104,9 @@ def test_steps_of_thirty_minutes_read_ten_minute_rows_on_sqlite(store: SQLiteSto
     store.append(flat(calls))
     models = read_models_of(store)
     until = T0 + timedelta(hours=3)
-    statements: list[str] = []
-    store.read_models._db.set_trace_callback(statements.append)
-    try:
-        halves = series(models, timedelta(hours=3), timedelta(minutes=30), until=until, service=service)
-    finally:
-        store.read_models._db.set_trace_callback(None)
+    halves, statements = _traced(
+        store, lambda: series(models, timedelta(hours=3), timedelta(minutes=30), until=until, service=service)
+    )
     assert any("step = '10m'" in sql for sql in statements), statements
     minutes = series(models, timedelta(hours=3), timedelta(minutes=1), until=until, service=service)
     [entry], [each] = halves.series, minutes.series
