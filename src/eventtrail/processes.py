@@ -9,7 +9,9 @@ blocked, a mask that survives exec, and ignores it once running. A child
 that its parent stops with a signal (``up``'s worker, told to drain by
 SIGTERM) is started with that signal blocked as well, and takes it once its
 handler is set (:func:`take_deferred`): sent while the child still imports,
-it waits for the handler instead of killing the child before it drained.
+it waits for the handler instead of killing the child before it drained. A
+child that its parent stops by a message ignores SIGTERM too: sent to the
+whole process group, it is the parent's to act on.
 
 A parent killed by SIGKILL stops nothing in order; a child that asked for it
 (:func:`terminate_with_parent`) then gets SIGTERM from the kernel instead of
@@ -25,7 +27,18 @@ from collections.abc import Callable, Collection
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 
-__all__ = ["ignore_interrupts", "start_shielded", "take_deferred", "terminate_with_parent"]
+__all__ = [
+    "STOPPED_BY_PARENT",
+    "ignore_interrupts",
+    "leave_stopping_to_parent",
+    "start_shielded",
+    "take_deferred",
+    "terminate_with_parent",
+]
+
+#: What a child that its parent stops by a message defers while it starts
+#: (:func:`start_shielded`), then ignores (:func:`leave_stopping_to_parent`).
+STOPPED_BY_PARENT = (signal.SIGTERM,)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -74,3 +87,14 @@ def take_deferred(*signals: signal.Signals) -> None:
 def ignore_interrupts() -> None:
     """In the child: the parent says when to stop, not the terminal."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def leave_stopping_to_parent() -> None:
+    """In a child that its parent stops by a message (the gateway's queue
+    process, the read-model follower): ignore SIGTERM as well as SIGINT. A
+    service manager stopping the whole process group sends SIGTERM to every
+    process in it; the parent, stopping in order, still needs this child
+    (the gateway flushes its events through the queue process)."""
+    ignore_interrupts()
+    for number in STOPPED_BY_PARENT:
+        signal.signal(number, signal.SIG_IGN)

@@ -148,10 +148,13 @@ def eventtrail_process(
     port: int | None = None,
     log_name: str = "eventtrail.log",
     environment: dict[str, str] | None = None,
+    own_group: bool = False,
 ) -> Iterator[RunningProcess]:
     """``eventtrail ARGUMENTS`` on the embedded backend in ``data_dir`` (plus
     ``environment``), its stderr in a log file beside it; waits for ``port``
-    to accept connections. Killed at the end if still running."""
+    to accept connections. Killed at the end if still running. ``own_group``:
+    in a process group of its own (as a service manager runs it), which
+    signals to the group reach, children included."""
     env = {
         **os.environ,
         "EVENTTRAIL_DATA_DIR": str(data_dir),
@@ -162,7 +165,12 @@ def eventtrail_process(
     log_path = data_dir.parent / log_name
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [*EVENTTRAIL, *arguments], env=env, stderr=log_file, stdout=log_file, cwd=data_dir.parent
+            [*EVENTTRAIL, *arguments],
+            env=env,
+            stderr=log_file,
+            stdout=log_file,
+            cwd=data_dir.parent,
+            start_new_session=own_group,
         )
     running = RunningProcess(process, log_path)
     try:

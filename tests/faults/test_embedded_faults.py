@@ -7,6 +7,8 @@ comparing the ids sent with the ids stored.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -17,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from eventtrail.embedded.queue import SQLiteQueue
+from eventtrail.embedded.store import SQLiteStore
 from eventtrail.event import encode_event
 from eventtrail.retry import Backoff
 from tests.cli import run, spawn
 from tests.contract.store_contract import make_event
-from tests.faults.conftest import LockHolder, TmpfsFactory, fill
+from tests.faults.conftest import LockHolder, TmpfsFactory, child_pids, eventtrail_process, fill
 
 pytestmark = pytest.mark.slow
 
@@ -220,3 +223,48 @@ def test_a_held_read_model_lock_never_holds_up_storing_and_is_waited_out(tmp_pat
     assert log.count("cannot update the read models yet") == 1, log
     assert "updating the read models again" in log
     assert stored_ids(data) == sent
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.05)
+
+
+def _follower_of(pid: int) -> int | None:
+    """The worker's follower: its child started by multiprocessing's spawn
+    (its other child is multiprocessing's resource tracker)."""
+    for child in child_pids(pid):
+        with contextlib.suppress(FileNotFoundError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+    return None
+
+
+def _stored(data_dir: Path) -> int:
+    with SQLiteStore(data_dir / "events.db", read_only=True) as store:
+        return store.count()
+
+
+def test_a_sigterm_to_the_whole_group_stops_the_worker_in_order(tmp_path: Path) -> None:
+    """A service manager stops a unit by sending SIGTERM to every process of
+    its group: the worker's follower (and the gateway's queue process) leave
+    that to their parent, which stops them in order, instead of dying of it
+    and being restarted while their parent stops."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    events = [make_event() for _ in range(20)]
+    with eventtrail_process(["worker"], data_dir, own_group=True) as worker:
+        _wait_for(lambda: _follower_of(worker.process.pid) is not None, 30, "the worker's follower")
+        # Past the follower's start, so that only ignoring the signal keeps it alive.
+        time.sleep(1.0)
+        with SQLiteQueue(data_dir / "queue.db") as queue:
+            queue.send([encode_event(event).decode() for event in events])
+        _wait_for(lambda: _stored(data_dir) == len(events), 30, "the events stored")
+        os.killpg(worker.process.pid, signal.SIGTERM)
+        worker.process.wait(60)
+        log = worker.log
+    assert worker.process.returncode == 0, log
+    assert "follower exited" not in log and "starting another" not in log, log

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from eventtrail.embedded.store import SQLiteStore
-from eventtrail.processes import ignore_interrupts, start_shielded
+from eventtrail.processes import STOPPED_BY_PARENT, leave_stopping_to_parent, start_shielded
 from eventtrail.readmodels.follower import WAIT_BACKOFF, Follower
 
 __all__ = ["FollowerProcess"]
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def _follow(connection: Connection, store_path: Path, busy_timeout_ms: int, log_level: int) -> None:
-    ignore_interrupts()  # the parent says when to stop
+    leave_stopping_to_parent()  # the parent says when to stop
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
 
@@ -76,7 +76,7 @@ class FollowerProcess:
             name="eventtrail-follower",
             daemon=True,
         )
-        start_shielded(process)
+        start_shielded(process, deferring=STOPPED_BY_PARENT)
         child.close()
         self._process, self._connection = process, parent
 

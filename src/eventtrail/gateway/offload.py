@@ -33,7 +33,7 @@ from typing import Any
 
 from eventtrail.config import Settings, open_queue
 from eventtrail.gateway.records import EncodingSink, Refused, UnsentRecords
-from eventtrail.processes import ignore_interrupts, start_shielded
+from eventtrail.processes import STOPPED_BY_PARENT, leave_stopping_to_parent, start_shielded
 from eventtrail.queue import DeadLetter, Message, Queue, QueueError, QueueStats
 from eventtrail.retry import Backoff
 
@@ -60,7 +60,7 @@ def _open(connection: Connection, settings: Settings) -> Queue | None:
 
 
 def _serve(connection: Connection, settings: Settings) -> None:
-    ignore_interrupts()  # the parent closes the pipe
+    leave_stopping_to_parent()  # the parent closes the pipe
     queue = _open(connection, settings)
     if queue is None:
         return
@@ -128,7 +128,7 @@ class ProcessQueue(Queue):
             target=_serve, args=(child, self.settings), name="eventtrail-queue", daemon=True
         )
         # The parent stops it by closing the pipe, never Ctrl-C.
-        start_shielded(process)
+        start_shielded(process, deferring=STOPPED_BY_PARENT)
         child.close()
         self._process, self._connection = process, parent
         self._open = False
