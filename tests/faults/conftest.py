@@ -183,6 +183,15 @@ def eventtrail_process(
             process.wait(30)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; an AssertionError naming ``what`` past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not in {timeout:.0f}s: {what}")
+        time.sleep(0.05)
+
+
 def stop_process(running: RunningProcess, signum: int = signal.SIGTERM, timeout: float = 60) -> str:
     """Signal the process, wait for it, check that it exited 0; return its log."""
     running.process.send_signal(signum)

@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from eventtrail.event import encode_event
 from eventtrail.retry import Backoff
 from tests.cli import run, spawn
 from tests.contract.store_contract import make_event
-from tests.faults.conftest import LockHolder, TmpfsFactory, child_pids, eventtrail_process, fill
+from tests.faults.conftest import LockHolder, TmpfsFactory, child_pids, eventtrail_process, fill, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -64,13 +63,6 @@ def stored_ids(data_dir: Path) -> set[str]:
             db.close()
 
     return Backoff(attempts=20, base=0.01, cap=0.5).run(read, retry_on=(Unreadable,))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def stop_worker(worker: subprocess.Popen[str]) -> str:
@@ -225,14 +217,6 @@ def test_a_held_read_model_lock_never_holds_up_storing_and_is_waited_out(tmp_pat
     assert stored_ids(data) == sent
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.05)
-
-
 def _follower_of(pid: int) -> int | None:
     """The worker's follower: its child started by multiprocessing's spawn
     (its other child is multiprocessing's resource tracker)."""
@@ -257,12 +241,12 @@ def test_a_sigterm_to_the_whole_group_stops_the_worker_in_order(tmp_path: Path) 
     data_dir.mkdir()
     events = [make_event() for _ in range(20)]
     with eventtrail_process(["worker"], data_dir, own_group=True) as worker:
-        _wait_for(lambda: _follower_of(worker.process.pid) is not None, 30, "the worker's follower")
+        wait_until(lambda: _follower_of(worker.process.pid) is not None, 30, "the worker's follower")
         # Past the follower's start, so that only ignoring the signal keeps it alive.
         time.sleep(1.0)
         with SQLiteQueue(data_dir / "queue.db") as queue:
             queue.send([encode_event(event).decode() for event in events])
-        _wait_for(lambda: _stored(data_dir) == len(events), 30, "the events stored")
+        wait_until(lambda: _stored(data_dir) == len(events), 30, "the events stored")
         os.killpg(worker.process.pid, signal.SIGTERM)
         worker.process.wait(60)
         log = worker.log

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,6 +32,7 @@ from tests.faults.conftest import (
     fill,
     stop_process,
     stored_request_ids,
+    wait_until,
     write_gateway_config,
 )
 from tests.servers import free_port
@@ -48,14 +48,6 @@ LOCK_SECONDS = 11.0
 # kill. The journal is written every 5 ms; the rest is slack for a thread
 # waiting for the CPU on a loaded 2-core machine.
 LOSS_WINDOW_SECONDS = 0.1
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not in {timeout:.0f}s: {what}")
-        time.sleep(0.1)
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -91,7 +83,7 @@ def _wait_settled(port: int, what: str, timeout: float = 60) -> None:
         return found["events_buffered"] == 0 and found["events_spill_pending"] == 0
 
     try:
-        _wait_until(settled, timeout, what)
+        wait_until(settled, timeout, what)
     except AssertionError as error:
         raise AssertionError(f"{error}; metrics: {_metrics(port)}") from None
 
@@ -115,7 +107,7 @@ def test_a_queue_locked_at_start_and_under_load_delays_delivery_and_loses_nothin
             with CallLoad(url, threads=4) as first:
                 time.sleep(2.0)
             assert len(first.answered) > 50 and first.failed == 0
-            _wait_until(lambda: _metrics(port)["events_spilled_total"] > 0, 10, "events spilled")
+            wait_until(lambda: _metrics(port)["events_spilled_total"] > 0, 10, "events spilled")
             time.sleep(max(0.0, LOCK_SECONDS - (time.monotonic() - locked_at)))
             lock.release()
             _wait_settled(port, "the spill file drained")
@@ -223,13 +215,13 @@ def test_a_spill_file_on_a_filesystem_that_fills_then_frees_keeps_every_event_on
             publisher.publish(call_request(f"r{index}", f"c{index}", "S", "GET", f"/{'x' * 200}"))
             if index % 100 == 0:
                 time.sleep(0.01)
-        _wait_until(lambda: publisher.counts().spill_errors > 0, 30, "the spill file filled")
+        wait_until(lambda: publisher.counts().spill_errors > 0, 30, "the spill file filled")
         full = publisher.counts()
         assert full.buffered > 0 and full.dropped == 0
         filler.unlink()  # the space frees: what waited in memory is spilled
-        _wait_until(lambda: publisher.counts().buffered == 0, 30, "everything spilled")
+        wait_until(lambda: publisher.counts().buffered == 0, 30, "everything spilled")
         lock.release()
-    _wait_until(lambda: publisher.counts().spill_pending == 0, 60, "the spill file drained")
+    wait_until(lambda: publisher.counts().spill_pending == 0, 60, "the spill file drained")
     counts = publisher.close()
     assert counts.spilled > full.spilled and counts.spill_errors > 0
     assert (counts.published, counts.sent, counts.dropped, counts.buffered) == (total, total, 0, 0)
@@ -252,15 +244,15 @@ def test_up_restarts_a_killed_worker_and_every_call_is_stored(tmp_path: Path, ec
         port=port,
         environment={"EVENTTRAIL_VISIBILITY_TIMEOUT": "3"},
     ) as up:
-        _wait_until(lambda: "worker: started" in up.log, 30, "the worker started")
+        wait_until(lambda: "worker: started" in up.log, 30, "the worker started")
         [first_pid] = re.findall(r"worker: started \(pid (\d+)\)", up.log)
         with CallLoad(url, threads=3) as load:
             time.sleep(1.0)
             os.kill(int(first_pid), signal.SIGKILL)
-            _wait_until(lambda: up.log.count("worker: started") == 2, 30, "the worker restarted")
+            wait_until(lambda: up.log.count("worker: started") == 2, 30, "the worker restarted")
             time.sleep(1.0)
         answered = set(load.answered)
-        _wait_until(
+        wait_until(
             lambda: answered <= set(stored_request_ids(data_dir)),
             60,
             "the restarted worker stored every call",
