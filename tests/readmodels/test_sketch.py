@@ -276,3 +276,18 @@ def test_sparse_forms_read_for_a_sum_add_up_exactly_whatever_their_pairs() -> No
     for raw in forms * 2:
         summed_again.add(raw)
     assert summed_again.quantiles(*qs) == expected.quantiles(*qs)
+
+
+def test_what_is_taken_away_is_taken_from_where_the_sum_holds_it() -> None:
+    # A dense run, then far outliers whose buckets span too many fields to
+    # join the run: the sum holds them apart. Taking one outlier away again
+    # (a form that alone would fit in a run) must not borrow from the run.
+    spread = LatencySketch.of([10.0 + n / 10 for n in range(100)])
+    outliers = LatencySketch.of([1e6, 1e300])
+    total = SketchSum()
+    total.add(spread.to_bytes())
+    total.add(outliers.to_bytes())
+    total.subtract(LatencySketch.of([1e6]).to_bytes())
+    expected = LatencySketch.of([10.0 + n / 10 for n in range(100)] + [1e300])
+    assert total.sketch().counts == expected.counts
+    assert total.quantiles(0.5, 0.99) == expected.quantiles(0.5, 0.99)

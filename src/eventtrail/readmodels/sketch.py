@@ -312,20 +312,27 @@ class SketchSum:
     def subtract(self, raw: bytes) -> None:
         """Take away the stored sketch ``raw``, part of what was added (a
         minute row out of its hour row); the bounds stay as they were: they
-        stay bounds."""
-        pairs, _, _, first, total, run = _decode(raw)
+        stay bounds. Its run is taken from the run when that holds all of
+        its buckets, else from the other buckets."""
+        pairs, _, _, first, total, run = _decode_run_cached(raw)
         counts = self.counts
         if run:
-            if not 0 < total <= _FIELD_MAX:
-                raise ValueError("not a latency sketch: a run's total is out of range")
-            if total <= self._run_total and first >= self._first:
-                self._run -= int.from_bytes(run, "little") << (_FIELD_BITS * (first - self._first))
+            span = -(-run.bit_length() // _FIELD_BITS)
+            inside = total <= self._run_total and first >= self._first
+            if inside and not self._holds_apart(first, first + span):
+                self._run -= run << (_FIELD_BITS * (first - self._first))
                 self._run_total -= total
             else:
-                for key, count in _field_counts(first, run).items():
+                for key, count in _field_counts(first, run.to_bytes(span * 4, "little")).items():
                     counts[key] = counts.get(key, 0) - count
         for key, count in pairs:
             counts[key] = counts.get(key, 0) - count
+
+    def _holds_apart(self, first: int, end: int) -> bool:
+        """Whether buckets ``first`` to ``end`` (excluded) have counts outside
+        the run: a run taken away there must be taken from those too, or
+        the run's fields would borrow from each other."""
+        return bool(self.counts) and any(first <= key < end for key, count in self.counts.items() if count)
 
     def _add_run_value(self, first: int, total: int, value: int) -> None:
         if self._run_total + total > _FIELD_MAX:
