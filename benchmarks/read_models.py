@@ -186,16 +186,19 @@ def median_seconds(runs: dict[str, Callable[[], object]], samples: int) -> dict[
     return {label: (statistics.median(times[label]), answers[label]) for label in runs}
 
 
-def answer_size(answer: object) -> str:
-    """What a reader returned, counted: its output grows with the window
-    where the data it reads does not (a series has a point per step)."""
+def answer_size(answer: object, seconds: float) -> str:
+    """What a reader returned, counted, and the time per thing returned where
+    that grows with the window while the data read does not (a series has a
+    point per step, a search returns every match up to its page)."""
     if isinstance(answer, HealthReport):
         return f"{len(answer.services)} services"
     if isinstance(answer, SeriesReport):
-        return f"{sum(len(entry.points) for entry in answer.series)} points"
-    if isinstance(answer, RequestPage):
-        return f"{len(answer.requests)} requests"
-    return "-"
+        count, unit = sum(len(entry.points) for entry in answer.series), "points"
+    elif isinstance(answer, RequestPage):
+        count, unit = len(answer.requests), "requests"
+    else:
+        return "-"
+    return f"{count} {unit}" + (f", {seconds / count * 1e6:.1f} µs each" if count else "")
 
 
 def readers(path: Path, samples: int) -> list[tuple[str, str, float, float, str]]:
@@ -218,7 +221,7 @@ def readers(path: Path, samples: int) -> list[tuple[str, str, float, float, str]
             )
             base = timed["1m"][0]
             for label, (seconds, answer) in timed.items():
-                results.append((name, label, seconds, seconds / base, answer_size(answer)))
+                results.append((name, label, seconds, seconds / base, answer_size(answer, seconds)))
         found = find_requests(
             store, service=RARE, status="error", since=end - WINDOWS["24h"], until=end, limit=500
         )
