@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch, SketchSum
+from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch, SketchSum, _decode
 
 latencies = st.lists(
     st.floats(min_value=1e-3, max_value=1e7, allow_nan=False, allow_infinity=False), min_size=1, max_size=400
@@ -278,16 +278,19 @@ def test_sparse_forms_read_for_a_sum_add_up_exactly_whatever_their_pairs() -> No
     assert summed_again.quantiles(*qs) == expected.quantiles(*qs)
 
 
-def test_what_is_taken_away_is_taken_from_where_the_sum_holds_it() -> None:
+@pytest.mark.parametrize("taken", [[1e6], [1e6, 1.1e6]], ids=["one bucket", "a run wider than what is apart"])
+def test_what_is_taken_away_is_taken_from_where_the_sum_holds_it(taken: list[float]) -> None:
     # A dense run, then far outliers whose buckets span too many fields to
-    # join the run: the sum holds them apart. Taking one outlier away again
-    # (a form that alone would fit in a run) must not borrow from the run.
-    spread = LatencySketch.of([10.0 + n / 10 for n in range(100)])
-    outliers = LatencySketch.of([1e6, 1e300])
+    # join the run: the sum holds them apart. Taking some outliers away
+    # again (a form that alone is a run) must not borrow from the run.
+    spread = [10.0 + n / 10 for n in range(100)]
+    outliers = [1e6, 1.1e6, 1e300]
     total = SketchSum()
-    total.add(spread.to_bytes())
-    total.add(outliers.to_bytes())
-    total.subtract(LatencySketch.of([1e6]).to_bytes())
-    expected = LatencySketch.of([10.0 + n / 10 for n in range(100)] + [1e300])
+    total.add(LatencySketch.of(spread).to_bytes())
+    total.add(LatencySketch.of(outliers).to_bytes())
+    taken_form = LatencySketch.of(taken).to_bytes()
+    assert _decode(taken_form)[5], "the form taken away is a run"
+    total.subtract(taken_form)
+    expected = LatencySketch.of(spread + [value for value in outliers if value not in taken])
     assert total.sketch().counts == expected.counts
     assert total.quantiles(0.5, 0.99) == expected.quantiles(0.5, 0.99)

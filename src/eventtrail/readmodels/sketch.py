@@ -332,7 +332,12 @@ class SketchSum:
         """Whether buckets ``first`` to ``end`` (excluded) have counts outside
         the run: a run taken away there must be taken from those too, or
         the run's fields would borrow from each other."""
-        return bool(self.counts) and any(first <= key < end for key, count in self.counts.items() if count)
+        counts = self.counts
+        if not counts:
+            return False
+        if len(counts) <= end - first:
+            return any(first <= key < end for key, count in counts.items() if count)
+        return any(counts.get(key) for key in range(first, end))
 
     def _add_run_value(self, first: int, total: int, value: int) -> None:
         if self._run_total + total > _FIELD_MAX:
