@@ -7,7 +7,7 @@ import math
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from eventtrail.readmodels.sketch import RELATIVE_ACCURACY, LatencySketch, SketchSum, _decode
@@ -294,3 +294,42 @@ def test_what_is_taken_away_is_taken_from_where_the_sum_holds_it(taken: list[flo
     expected = LatencySketch.of(spread + [value for value in outliers if value not in taken])
     assert total.sketch().counts == expected.counts
     assert total.quantiles(0.5, 0.99) == expected.quantiles(0.5, 0.99)
+
+
+# Latencies as far apart as a float goes: the forms of such sketches hold
+# some buckets as pairs apart from their runs, and so do their sums.
+far_apart = st.lists(
+    st.one_of(
+        st.floats(min_value=1.0, max_value=50.0),
+        st.sampled_from([0.0, 1e-300, 1e-6, 1e6, 1.1e6, 1e300, 1e308]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(
+    st.lists(st.lists(far_apart, min_size=1, max_size=4), min_size=1, max_size=3), st.sets(st.integers(0, 11))
+)
+# A row held apart (its buckets too far apart for a run), another row's run
+# below it, and a minute of the first taken away as a run.
+@example(rows=[[[5.0], [1e300]], [[2.0]]], taken={0})
+def test_rows_less_some_of_their_minutes_are_the_sum_of_the_other_minutes(
+    rows: list[list[list[float]]], taken: set[int]
+) -> None:
+    # Each row is the sum of its minutes, added as one form; minutes of any
+    # row are then taken away, each as a form of its own.
+    total = SketchSum()
+    minutes = [values for row in rows for values in row]
+    for row in rows:
+        merged = LatencySketch()
+        for values in row:
+            merged.merge(LatencySketch.of(values))
+        total.add(merged.to_bytes())
+    expected = LatencySketch()
+    for index, values in enumerate(minutes):
+        if index in taken:
+            total.subtract(LatencySketch.of(values).to_bytes())
+        else:
+            expected.merge(LatencySketch.of(values))
+    assert {key: count for key, count in total.sketch().counts.items() if count} == expected.counts
